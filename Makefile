@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both create a project-local venv (.venv) and install everything into it.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vidray-installed
+TORCH_VERSION := 2.13.0
+DATA ?= data
+
+.PHONY: install demo test bench clean
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# torch is installed first and pinned: an unpinned torch pulls several GB of CUDA wheels.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) jobs/demo.py --data $(DATA)
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) bench/decoders.py
+
+clean:
+	rm -rf $(DATA) mlruns mlflow.db .pytest_cache
