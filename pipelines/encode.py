@@ -63,6 +63,7 @@ class VideoWriter:
                 opts["x264-params"] = ":".join(params)
         self._stream.options = opts
         self.frames_written = 0
+        self._closed = False
 
     def write(self, frame_HW3: np.ndarray) -> None:
         """Encode one RGB frame; it is resized if its size differs from the stream's."""
@@ -81,9 +82,23 @@ class VideoWriter:
         self.frames_written += 1
 
     def close(self) -> None:
+        """Flush the encoder and finish the file (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         for packet in self._stream.encode():
             self._container.mux(packet)
         self._container.close()
+
+    def abandon(self) -> None:
+        """Close the file without flushing, after a failure (no-op once closed)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001 - the file is discarded anyway
+            pass
 
     def __enter__(self) -> "VideoWriter":
         return self
@@ -91,11 +106,8 @@ class VideoWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:  # leave no half-written index behind a failure
-            try:
-                self._container.close()
-            except Exception:
-                pass
+        else:
+            self.abandon()
 
 
 def write_video(path: str, frames_THW3: Iterable[np.ndarray] | np.ndarray, *, fps: float = 25.0,

@@ -1,0 +1,39 @@
+"""Connecting to Ray: the cluster a job was submitted to, or an embedded local one.
+
+Security defaults (DEVELOPERS.md, rule 7): token authentication is on
+(``RAY_AUTH_MODE=token``; a local ``ray.init`` generates its own token) and the
+dashboard, when a local cluster starts one, binds to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(*, num_cpus: int | None = None, dashboard: bool | None = None) -> None:
+    """Connect to Ray once per process.
+
+    Under ``ray job submit`` (``RAY_ADDRESS`` set) this joins that cluster; otherwise
+    it starts an embedded local cluster with ``num_cpus`` CPUs (all by default).
+
+    Args:
+        num_cpus: CPUs of the embedded cluster; ignored when joining a cluster.
+        dashboard: start the dashboard of an embedded cluster (default: only when
+            ``VIDRAY_DASHBOARD=1``; it costs start-up time and memory on a laptop).
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # before ray is imported; see pipelines/__init__
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        return
+    if dashboard is None:
+        dashboard = os.environ.get("VIDRAY_DASHBOARD") == "1"
+    ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+             log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
+    log.info("started a local Ray cluster with %s CPUs", ray.cluster_resources().get("CPU"))

@@ -1,0 +1,3 @@
+"""Backbone families; importing this package registers them."""
+
+from vidmodels.backbones import resnet3d, s3d, x3d  # noqa: F401
