@@ -100,6 +100,9 @@ def _open_error(uri: str, f: BinaryIO, total: int, exc: Exception) -> MediaError
             return MediaError("truncated", f"incomplete MP4/MOV file: {problem}; it was probably cut off "
                                            f"during upload or download ({exc})")
         return MediaError("corrupt", f"MP4/MOV file that FFmpeg cannot open: {exc}")
+    if isinstance(exc, av.error.EOFError):
+        return MediaError("truncated", f"the file ends before its header and first frame are complete "
+                                       f"({total} bytes; {exc})")
     if head[:4] == b"RIFF" or head[:4] == b"\x1aE\xdf\xa3":
         return MediaError("corrupt", f"AVI/Matroska file that FFmpeg cannot open: {exc}")
     return MediaError("not_a_video", f"not a video: the file holds {_describe_bytes(head)}, "
@@ -169,10 +172,12 @@ def _target_size(width: int, height: int, short_side: int | None) -> tuple[int, 
 
 def _decode_all(container: av.container.InputContainer, transcode_to: str | None,
                 short_side: int | None, gop: int | None, crf: int) -> VideoInfo:
+    if not container.streams:
+        raise MediaError("no_frames", "no streams at all: the container is valid but empty (a video "
+                                      "shorter than one frame)")
     if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams})
-        held = ", ".join(kinds) + " data" if kinds else "no streams"
-        raise MediaError("no_video_stream", f"no video stream: the file holds only {held}")
+        kinds = ", ".join(sorted({s.type for s in container.streams}))
+        raise MediaError("no_video_stream", f"no video stream: the file holds only {kinds} data")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     fps = _stream_fps(stream) or Fraction(25)

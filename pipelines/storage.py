@@ -65,6 +65,7 @@ def s3_options() -> dict[str, Any]:
         "config_kwargs": {"retries": {"max_attempts": 5, "mode": "adaptive"},
                           "connect_timeout": 10, "read_timeout": 60},
         "default_block_size": READ_BLOCK_SIZE,
+        "use_listings_cache": False,  # a re-run must see what the last run wrote
     }
 
 
