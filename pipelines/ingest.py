@@ -101,8 +101,11 @@ def process_candidate(cand: dict, *, dst: str, known: dict[str, dict], short_sid
         return {"status": "quarantined", "row": quarantine_row(
             stage="read", kind="read_error", reason=f"cannot be read: {type(exc).__name__}: {exc}", **bad)}
     labels = {k: cand[k] for k in ("video_id", "label", "label_index", "split", "segments")}
-    if digest in known:
-        return {"status": "existing", "row": {**known[digest], **labels}}
+    if digest in known:  # same bytes as an ingested video: refresh names and labels, skip the work
+        row = {**known[digest], **labels, "source_uri": src}
+        if known[digest]["uri"] == known[digest]["source_uri"]:  # not transcoded: read it where it is now
+            row["uri"] = src
+        return {"status": "existing", "row": row}
     uri = storage.join(dst, "videos", _safe_path(cand["video_id"]) + ".mp4") if transcode else src
     try:
         info = inspect(src, transcode_to=uri if transcode else None, short_side=short_side, gop=gop, crf=crf)
