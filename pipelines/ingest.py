@@ -79,12 +79,16 @@ def quarantine_row(source_uri: str, stage: str, kind: str, reason: str, *, conte
             "content_hash": content_hash, "video_id": video_id, "origin": origin}
 
 
-def process_candidate(cand: dict, *, dst: str, known: dict[str, dict], short_side: int | None,
+def process_candidate(cand: dict, *, dst: str, known: frozenset[str] | set[str], short_side: int | None,
                       gop: int | None, crf: int, transcode: bool) -> dict[str, Any]:
     """Hash, probe and maybe transcode one candidate (runs in a Ray task).
 
+    Args:
+        known: content hashes already in the manifest: those are not probed again.
+
     Returns:
-        ``{"status": "accepted" | "existing" | "quarantined", "row": {...}}``.
+        ``{"status": "accepted" | "existing" | "quarantined", "row": {...}}``; an
+        ``existing`` row holds only what changes (names, labels); the driver adds the rest.
     """
     src = cand["source_uri"]
     bad = dict(source_uri=src, video_id=cand["video_id"], origin=cand.get("origin"))
@@ -101,11 +105,8 @@ def process_candidate(cand: dict, *, dst: str, known: dict[str, dict], short_sid
         return {"status": "quarantined", "row": quarantine_row(
             stage="read", kind="read_error", reason=f"cannot be read: {type(exc).__name__}: {exc}", **bad)}
     labels = {k: cand[k] for k in ("video_id", "label", "label_index", "split", "segments")}
-    if digest in known:  # same bytes as an ingested video: refresh names and labels, skip the work
-        row = {**known[digest], **labels, "source_uri": src}
-        if known[digest]["uri"] == known[digest]["source_uri"]:  # not transcoded: read it where it is now
-            row["uri"] = src
-        return {"status": "existing", "row": row}
+    if digest in known:  # same bytes as an ingested video: skip the work
+        return {"status": "existing", "row": {**labels, "source_uri": src, "content_hash": digest}}
     uri = storage.join(dst, "videos", _safe_path(cand["video_id"]) + ".mp4") if transcode else src
     try:
         info = inspect(src, transcode_to=uri if transcode else None, short_side=short_side, gop=gop, crf=crf)
@@ -122,9 +123,20 @@ def process_candidate(cand: dict, *, dst: str, known: dict[str, dict], short_sid
     return {"status": "accepted", "row": row}
 
 
-def _map_fn(item: dict, **kwargs) -> dict:
+_KNOWN_CACHE: dict[str, frozenset[str]] = {}
+
+
+def _map_fn(item: dict, *, known_ref, **kwargs) -> dict:
+    """Ray Data stage; the known-hash set is fetched from the object store once per worker process."""
+    import ray
+
+    key = known_ref.hex()
+    if key not in _KNOWN_CACHE:
+        _KNOWN_CACHE.clear()
+        _KNOWN_CACHE[key] = ray.get(known_ref)
     cand = json.loads(item["candidate"])
-    return {"order": item["order"], "result": json.dumps(process_candidate(cand, **kwargs))}
+    result = process_candidate(cand, known=_KNOWN_CACHE[key], **kwargs)
+    return {"order": item["order"], "result": json.dumps(result)}
 
 
 class _Merger:
@@ -138,9 +150,16 @@ class _Merger:
         self.listed |= {datasets.safe_name(r.source_uri) for r in listing.rejections}
         self.rejected = [quarantine_row(r.source_uri, r.stage, r.kind, r.reason, origin=r.origin,
                                         video_id=r.video_id) for r in listing.rejections]
+        self.known = {r["content_hash"]: r for r in self.old_rows}
         self.results: dict[int, dict] = {}
 
     def add(self, order: int, result: dict) -> None:
+        if result["status"] == "existing":  # complete the row from the manifest of earlier runs
+            old = self.known[result["row"]["content_hash"]]
+            row = {**old, **result["row"]}
+            if old["uri"] == old["source_uri"]:  # not transcoded: read the file where it is now
+                row["uri"] = row["source_uri"]
+            result = {"status": "existing", "row": row}
         self.results[order] = result
 
     def tables(self) -> tuple[pa.Table, pa.Table, Counter, Counter]:
@@ -197,13 +216,13 @@ def run_ingest(cfg: IngestConfig) -> IngestReport:
         options = {"split": cfg.split}
     listing = datasets.list_inputs(cfg.fmt, cfg.src, **options)
     merger = _Merger(cfg, listing)
-    known = {r["content_hash"]: r for r in merger.old_rows}
     items = [{"order": i, "candidate": json.dumps(dataclasses.asdict(c))}
              for i, c in enumerate(listing.candidates)]
     if items:
         blocks = max(1, min(len(items), int(ray.cluster_resources().get("CPU", 1)) * 4))
         ds = ray.data.from_items(items, override_num_blocks=blocks).map(
-            _map_fn, fn_kwargs=dict(dst=cfg.dst, known=known, short_side=cfg.short_side, gop=cfg.gop,
+            _map_fn, fn_kwargs=dict(dst=cfg.dst, known_ref=ray.put(frozenset(merger.known)),
+                                    short_side=cfg.short_side, gop=cfg.gop,
                                     crf=cfg.crf, transcode=cfg.transcode),
             num_cpus=1)
         for n, item in enumerate(ds.iter_rows(), start=1):
