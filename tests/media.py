@@ -85,3 +85,36 @@ def make_bad_files(folder: str | Path) -> dict[str, str]:
         f.write(Path(make_video(folder / "_tmp2.mp4", 10)).read_bytes())
     os.unlink(folder / "_tmp2.mp4")
     return {k: str(v) for k, v in files.items()}
+
+
+def run_without_file_privileges(code: str) -> str:
+    """Run Python ``code`` in a fresh interpreter that cannot bypass file permissions; its stdout.
+
+    Root reads every file whatever its mode, so as root the child runs under ``setpriv``
+    without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH (a fork would risk deadlocking on
+    locks held by decoder threads). The repository root is put on ``sys.path``.
+    """
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r})\n{code}"]
+    if os.geteuid() == 0:
+        drop = "-dac_override,-dac_read_search"
+        cmd = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+def unreadable_copy(src: str | Path) -> str:
+    """A copy of ``src`` with mode 000 in a world-traversable temporary folder."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="vidray-perm-")
+    os.chmod(folder, 0o755)
+    path = os.path.join(folder, os.path.basename(str(src)))
+    shutil.copy(src, path)
+    os.chmod(path, 0)
+    return path
