@@ -28,6 +28,9 @@ class ModelInfo:
         in_chans: Channels of the canonical input.
         ref_params: Published parameter count with 400 classes, if any.
         ref_gmacs: Published multiply-adds (G) at ``input_size``, if any.
+        ref_params_precision: Unit of the last published digit of ``ref_params``
+            (e.g. 10_000 for "3.79M"; 1 for an exact count).
+        ref_gmacs_precision: Unit of the last published digit of ``ref_gmacs``.
         ref_source: Where the reference figures come from and how they were counted.
         debug: True for the tiny CPU test sizes.
     """
@@ -38,6 +41,8 @@ class ModelInfo:
     in_chans: int = 3
     ref_params: int | None = None
     ref_gmacs: float | None = None
+    ref_params_precision: int = 1
+    ref_gmacs_precision: float = 0.01
     ref_source: str = ""
     debug: bool = False
 
@@ -52,6 +57,8 @@ def register(
     in_chans: int = 3,
     ref_params: int | None = None,
     ref_gmacs: float | None = None,
+    ref_params_precision: int = 1,
+    ref_gmacs_precision: float = 0.01,
     ref_source: str = "",
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a backbone builder under ``name`` (default: function name).
@@ -71,6 +78,8 @@ def register(
             in_chans=in_chans,
             ref_params=ref_params,
             ref_gmacs=ref_gmacs,
+            ref_params_precision=ref_params_precision,
+            ref_gmacs_precision=ref_gmacs_precision,
             ref_source=ref_source,
             debug=key.endswith("_debug"),
         )

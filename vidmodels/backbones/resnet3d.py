@@ -34,7 +34,7 @@ Reference:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -256,45 +256,45 @@ _DEBUG = dict(depths=(1, 1, 1, 1), widths=(8, 16, 32, 32))
 
 @register(input_size=(16, 112, 112), ref_params=33_371_472, ref_gmacs=40.70,
           ref_source="torchvision r3d_18 (params); 40.70 GMACs at 16x112² from torchvision's model card (GFLOPS column counts MACs)")
-def r3d_18(*, num_classes: int = 0, **kwargs) -> ResNet3d:
+def r3d_18(*, num_classes: int = 0, **kwargs: Any) -> ResNet3d:
     """R3D-18 (Tran et al. 2018)."""
     return create_r3d(num_classes=num_classes, **kwargs)
 
 
 @register(input_size=(16, 112, 112), ref_params=31_505_325, ref_gmacs=40.52,
           ref_source="torchvision r2plus1d_18 (params); 40.52 GMACs at 16x112² from torchvision's model card (MACs)")
-def r2plus1d_18(*, num_classes: int = 0, **kwargs) -> ResNet3d:
+def r2plus1d_18(*, num_classes: int = 0, **kwargs: Any) -> ResNet3d:
     """R(2+1)D-18 (Tran et al. 2018)."""
     return create_r2plus1d(num_classes=num_classes, **kwargs)
 
 
-@register(input_size=(5, 128, 128), ref_params=14_200_000,
-          ref_source="DPC thesis Table 2.4 '3D-ResNet18 (14.2M)' (seed 001 L502); rounded, likely incl. predictor φ")
-def r2d3d_18(*, num_classes: int = 0, **kwargs) -> ResNet3d:
+@register(input_size=(5, 128, 128), ref_params=14_200_000, ref_params_precision=100_000,
+          ref_source="DPC thesis Table 2.4 '3D-ResNet18 (14.2M)' (seed 001 L502); headless + predictor φ = 14,189,120")
+def r2d3d_18(*, num_classes: int = 0, **kwargs: Any) -> ResNet3d:
     """R-2D3D-18, the DPC/MemDPC encoder (D=256)."""
     return create_r2d3d(num_classes=num_classes, **kwargs)
 
 
-@register(input_size=(5, 224, 224), ref_params=32_600_000,
-          ref_source="DPC thesis Table 2.4 '3D-ResNet34 (32.6M)' (seed 001 L511); rounded, likely incl. predictor φ")
-def r2d3d_34(*, num_classes: int = 0, **kwargs) -> ResNet3d:
+@register(input_size=(5, 224, 224), ref_params=32_600_000, ref_params_precision=100_000,
+          ref_source="DPC thesis Table 2.4 '3D-ResNet34 (32.6M)' (seed 001 L511); headless + predictor φ = 32,553,792")
+def r2d3d_34(*, num_classes: int = 0, **kwargs: Any) -> ResNet3d:
     """R-2D3D-34, the DPC/MemDPC encoder at 224² (D=256)."""
     return create_r2d3d(depths=(3, 4, 6, 3), num_classes=num_classes, **kwargs)
 
 
 @register(input_size=(4, 32, 32))
-def r3d_debug(*, num_classes: int = 0, **kwargs) -> ResNet3d:
+def r3d_debug(*, num_classes: int = 0, **kwargs: Any) -> ResNet3d:
     """Tiny R3D for tests."""
     return create_r3d(num_classes=num_classes, **{**_DEBUG, **kwargs})
 
 
 @register(input_size=(4, 32, 32))
-def r2plus1d_debug(*, num_classes: int = 0, **kwargs) -> ResNet3d:
+def r2plus1d_debug(*, num_classes: int = 0, **kwargs: Any) -> ResNet3d:
     """Tiny R(2+1)D for tests."""
     return create_r2plus1d(num_classes=num_classes, **{**_DEBUG, **kwargs})
 
 
 @register(input_size=(5, 32, 32))
-def r2d3d_debug(*, num_classes: int = 0, **kwargs) -> ResNet3d:
+def r2d3d_debug(*, num_classes: int = 0, **kwargs: Any) -> ResNet3d:
     """Tiny R-2D3D for tests."""
     return create_r2d3d(num_classes=num_classes, **{**_DEBUG, **kwargs})

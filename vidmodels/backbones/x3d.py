@@ -22,7 +22,13 @@ XS, S and M are the same network (3,794,322 parameters with K=400) evaluated at
 equal the pytorchvideo model zoo's 3.79M / 6.15M. The X3D paper's Table 3 lists
 3.76M / 6.08M; the gap is almost exactly the BatchNorm affine parameters
 (31,464 for XS/S/M and 66,312 for L), which that count leaves out: 3,762,858
--> 3.76M and 6,087,120 -> 6.08M (truncated).
+-> 3.76M and 6,087,120 -> 6.08M (truncated). Depths come from ceil(γ_d·base):
+γ_d=5.0 gives [5, 10, 25, 15] for L (depths [2, 5, 13, 8] would give 4.07M, not 6.15M).
+
+Multiply-adds (``torch.utils.flop_counter`` FLOPs / 2; the paper's "FLOPs" are
+multiply-adds): XS 0.605 G @4x160² (paper 0.60), S 1.963 @13x160² (1.96), M 4.732
+@16x224² (4.73) and 6.181 @16x256² (Table 4: 6.2), L 18.368 @16x312² (18.37) and
+24.764 @16x356² (Table 4: 24.8).
 
 Reference:
     - [0] X3D: Expanding Architectures for Efficient Video Recognition, Feichtenhofer, CVPR 2020
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -203,34 +210,34 @@ _X3D_XSM_SRC = (
 )
 
 
-@register(input_size=(4, 160, 160), ref_params=3_790_000, ref_gmacs=0.60, ref_source=_X3D_XSM_SRC + ", Table 3 XS 0.60G @4x160²")
-def x3d_xs(*, num_classes: int = 0, **kwargs) -> X3D:
+@register(input_size=(4, 160, 160), ref_params=3_790_000, ref_params_precision=10_000, ref_gmacs=0.60, ref_source=_X3D_XSM_SRC + ", Table 3 XS 0.60G @4x160²")
+def x3d_xs(*, num_classes: int = 0, **kwargs: Any) -> X3D:
     """X3D-XS (same network as S and M; 4x160² input)."""
     return X3D(num_classes=num_classes, **kwargs)
 
 
-@register(input_size=(13, 160, 160), ref_params=3_790_000, ref_gmacs=1.96, ref_source=_X3D_XSM_SRC + ", Table 3 S 1.96G @13x160²")
-def x3d_s(*, num_classes: int = 0, **kwargs) -> X3D:
+@register(input_size=(13, 160, 160), ref_params=3_790_000, ref_params_precision=10_000, ref_gmacs=1.96, ref_source=_X3D_XSM_SRC + ", Table 3 S 1.96G @13x160²")
+def x3d_s(*, num_classes: int = 0, **kwargs: Any) -> X3D:
     """X3D-S (13x160² input)."""
     return X3D(num_classes=num_classes, **kwargs)
 
 
-@register(input_size=(16, 256, 256), ref_params=3_790_000, ref_gmacs=6.2,
+@register(input_size=(16, 256, 256), ref_params=3_790_000, ref_params_precision=10_000, ref_gmacs=6.2, ref_gmacs_precision=0.1,
           ref_source=_X3D_XSM_SRC + ", Table 4 M 6.2G @16x256² test size (Table 3: 4.73G @16x224²)")
-def x3d_m(*, num_classes: int = 0, **kwargs) -> X3D:
+def x3d_m(*, num_classes: int = 0, **kwargs: Any) -> X3D:
     """X3D-M, the backbone of seed 000's Coarse-Fine and detection pretraining (16x256² test input)."""
     return X3D(num_classes=num_classes, **kwargs)
 
 
-@register(input_size=(16, 356, 356), ref_params=6_150_000, ref_gmacs=24.8,
+@register(input_size=(16, 356, 356), ref_params=6_150_000, ref_params_precision=10_000, ref_gmacs=24.8, ref_gmacs_precision=0.1,
           ref_source="params: pytorchvideo model zoo 6.15M (paper Table 3: 6.08M, without BN affine); "
           "MACs: X3D paper Table 4 L 24.8G @16x356² test size (Table 3: 18.37G @16x312²)")
-def x3d_l(*, num_classes: int = 0, **kwargs) -> X3D:
+def x3d_l(*, num_classes: int = 0, **kwargs: Any) -> X3D:
     """X3D-L (depth factor 5.0; 16x356² test input)."""
     return X3D(num_classes=num_classes, **{"depth_factor": 5.0, **kwargs})
 
 
 @register(input_size=(4, 32, 32))
-def x3d_debug(*, num_classes: int = 0, **kwargs) -> X3D:
+def x3d_debug(*, num_classes: int = 0, **kwargs: Any) -> X3D:
     """Tiny X3D for tests (widths 8-24, depths [1, 1, 2, 2], 64-d head)."""
     return X3D(num_classes=num_classes, **{"width_factor": 0.5, "depth_factor": 0.4, "head_dim": 64, **kwargs})
