@@ -67,7 +67,7 @@ class IngestReport:
         return self.accepted_new + self.accepted_existing
 
 
-def _safe_path(video_id: str) -> str:
+def safe_path(video_id: str) -> str:
     """A storage path for a video id: safe characters only, no climbing out of the folder."""
     cleaned = re.sub(r"[^A-Za-z0-9._/-]", "_", video_id).strip("/")
     return "/".join(p if p not in ("", ".", "..") else "_" for p in cleaned.split("/"))
@@ -107,7 +107,7 @@ def process_candidate(cand: dict, *, dst: str, known: frozenset[str] | set[str],
     labels = {k: cand[k] for k in ("video_id", "label", "label_index", "split", "segments")}
     if digest in known:  # same bytes as an ingested video: skip the work
         return {"status": "existing", "row": {**labels, "source_uri": src, "content_hash": digest}}
-    uri = storage.join(dst, "videos", _safe_path(cand["video_id"]) + ".mp4") if transcode else src
+    uri = storage.join(dst, "videos", safe_path(cand["video_id"]) + ".mp4") if transcode else src
     try:
         info = inspect(src, transcode_to=uri if transcode else None, short_side=short_side, gop=gop, crf=crf)
     except MediaError as exc:

@@ -44,7 +44,10 @@ MANIFEST_SCHEMA = pa.schema([
     ("source_uri", pa.string()),      # the original file (== uri when not transcoded)
     ("size_bytes", pa.int64()),       # bytes of `uri`
     ("segments", pa.list_(SEGMENT_TYPE)),  # temporal action segments; empty for single-label clips
+    ("flow_uri", pa.string()),        # optical-flow video aligned frame by frame with `uri` (jobs/flow.py)
 ])
+# Columns later jobs add; manifests written before them read with nulls there.
+OPTIONAL_COLUMNS = frozenset({"flow_uri"})
 
 QUARANTINE_SCHEMA = pa.schema([
     ("source_uri", pa.string()),      # the rejected file, or the annotation file for a bad row
@@ -84,11 +87,21 @@ def write_table(table: pa.Table, url: str) -> None:
 
 
 def read_table(url: str, schema: pa.Schema) -> pa.Table:
-    """Read a table written by :func:`write_table`; an absent object reads as empty."""
+    """Read a table written by :func:`write_table`; an absent object reads as empty.
+
+    Raises:
+        ValueError: the table lacks a column of ``schema`` that is not optional.
+    """
     if not storage.exists(url):
         return empty(schema)
     with storage.open_url(url, "rb") as f:
         table = pq.read_table(f)
+    missing = [name for name in schema.names if name not in table.column_names]
+    required = sorted(set(missing) - OPTIONAL_COLUMNS)
+    if required:
+        raise ValueError(f"{url} is not a {schema.names[0]!r} table of this version: it lacks {required}")
+    for name in missing:
+        table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
     return table.select(schema.names).cast(schema)
 
 
