@@ -1,0 +1,148 @@
+"""Downstream evaluation protocols of the seeds: retrieval, linear probe, finetune.
+
+Every protocol works on *video-level* features: each video's test views (k temporal
+windows x spatial crops, from the ``eval`` recipe) go through the frozen encoder, and
+the view embeddings are averaged (seed 001: "features averaged over sliding windows
+and crops"). Feature extraction runs on Ray Data with a pool of actors that each hold
+the encoder once (:class:`FeatureExtractor`).
+
+* **retrieval** (CoCLR / MemDPC protocol): test videos query the train videos by
+  cosine similarity of L2-normalised features; R@k is the fraction of queries with at
+  least one same-class video among the k nearest.
+* **linear** probe: a linear classifier trained on the frozen train features
+  (full-batch Adam with weight decay, cross-entropy), scored on the test features.
+  The seeds train the probe on augmented clips; we train it on the multi-view averaged
+  features without augmentation, which is cheaper and the common practice of later
+  work (stated here because the seeds differ).
+* **finetune**: the whole encoder plus a linear head, trained end to end with the
+  generic Ray Train loop on the ``classification`` recipe, then scored with the same
+  multi-view averaging (softmax probabilities averaged over views).
+
+Shape legend: ``N`` videos, ``V`` views, ``D`` feature dim, ``K`` classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+RECALL_KS = (1, 5, 10, 20)
+
+
+@dataclasses.dataclass
+class Features:
+    """Video-level features of one split."""
+
+    video_id: list[str]
+    label_index: np.ndarray  # (N,) int64
+    feats_ND: np.ndarray     # (N, D) float32, L2-normalised
+
+
+class FeatureExtractor:
+    """Ray Data ``map_batches`` callable: multi-view clips in, one averaged embedding per video out.
+
+    Args:
+        build_encoder: zero-argument callable returning the encoder (``forward`` gives
+            the pooled ``(B, D)`` embedding); called once per actor.
+        device: ``"cuda"`` when the actor has a GPU, else ``"cpu"``.
+    """
+
+    def __init__(self, build_encoder: Callable[[], torch.nn.Module], device: str = "cpu") -> None:
+        from pipelines.train import normalize_batch
+
+        self._normalize = normalize_batch
+        self.device = torch.device(device)
+        self.encoder = build_encoder().to(self.device).eval()
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        views = torch.from_numpy(np.ascontiguousarray(batch["views"]))  # (B, V, T, H, W, 3) uint8
+        x = self._normalize({"views": views}, self.device)["views"]       # (B, V, 3, T, H, W)
+        b, v = x.shape[:2]
+        emb_BVD = self.encoder(x.flatten(0, 1)).view(b, v, -1).float()
+        feats_BD = F.normalize(F.normalize(emb_BVD, dim=-1).mean(dim=1), dim=-1)
+        return {"video_id": batch["video_id"], "label_index": batch["label_index"],
+                "feats": feats_BD.cpu().numpy()}
+
+
+def extract_features(dataset, build_encoder: Callable[[], torch.nn.Module], *, batch_size: int = 4,
+                     concurrency: int = 1, use_gpu: bool = False) -> Features:
+    """Run :class:`FeatureExtractor` over an ``eval``-recipe dataset and collect the features."""
+    out = dataset.map_batches(FeatureExtractor, fn_constructor_kwargs={
+        "build_encoder": build_encoder, "device": "cuda" if use_gpu else "cpu"},
+        batch_size=batch_size, concurrency=concurrency, num_gpus=1 if use_gpu else 0,
+        batch_format="numpy")
+    rows = out.take_all()
+    rows.sort(key=lambda r: str(r["video_id"]))
+    return Features(video_id=[str(r["video_id"]) for r in rows],
+                    label_index=np.array([int(r["label_index"]) for r in rows], np.int64),
+                    feats_ND=np.stack([r["feats"] for r in rows]).astype(np.float32) if rows
+                    else np.zeros((0, 0), np.float32))
+
+
+def retrieval_recall(query: Features, gallery: Features, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """R@k of ``query`` against ``gallery`` by cosine similarity (features are unit length)."""
+    if not len(query.video_id) or not len(gallery.video_id):
+        raise ValueError("retrieval needs non-empty query and gallery sets")
+    sim_QG = torch.from_numpy(query.feats_ND) @ torch.from_numpy(gallery.feats_ND).T
+    k_max = min(max(ks), sim_QG.shape[1])
+    top_QK = sim_QG.topk(k_max, dim=1).indices.numpy()
+    hits_QK = gallery.label_index[top_QK] == query.label_index[:, None]
+    return {f"R@{k}": float(hits_QK[:, :min(k, k_max)].any(axis=1).mean() * 100) for k in ks}
+
+
+def linear_probe(train: Features, test: Features, num_classes: int, *, epochs: int = 300, lr: float = 1e-2,
+                 weight_decay: float = 1e-4, seed: int = 0) -> dict[str, Any]:
+    """Train a linear classifier on frozen features; top-1/top-5 (%) and the confusion matrix on ``test``."""
+    torch.manual_seed(seed)
+    x_tr, y_tr = torch.from_numpy(train.feats_ND), torch.from_numpy(train.label_index)
+    x_te, y_te = torch.from_numpy(test.feats_ND), torch.from_numpy(test.label_index)
+    head = torch.nn.Linear(x_tr.shape[1], num_classes)
+    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        opt.zero_grad()
+        F.cross_entropy(head(x_tr), y_tr).backward()
+        opt.step()
+    with torch.no_grad():
+        logits_NK = head(x_te)
+    return classification_scores(logits_NK, y_te, num_classes)
+
+
+def classification_scores(logits_NK: torch.Tensor, labels_N: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """Top-1 / top-5 accuracy (%) and the confusion matrix (rows: true class, columns: predicted)."""
+    pred_N = logits_NK.argmax(dim=1)
+    k = min(5, logits_NK.shape[1])
+    top5 = (logits_NK.topk(k, dim=1).indices == labels_N[:, None]).any(dim=1).float().mean().item()
+    confusion_KK = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion_KK, (labels_N.numpy(), pred_N.numpy()), 1)
+    return {"top1": (pred_N == labels_N).float().mean().item() * 100, "top5": top5 * 100,
+            "confusion": confusion_KK}
+
+
+def plot_confusion(confusion_KK: np.ndarray, class_names: Sequence[str], title: str):
+    """A matplotlib figure of a confusion matrix, row-normalised, with counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * k, 1.0 + 0.45 * k))
+    rates = confusion_KK / np.maximum(1, confusion_KK.sum(axis=1, keepdims=True))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), class_names, rotation=90, fontsize=7)
+    ax.set_yticks(range(k), class_names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    for i in range(k):
+        for j in range(k):
+            if confusion_KK[i, j]:
+                ax.text(j, i, str(confusion_KK[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    return fig
