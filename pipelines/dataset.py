@@ -274,11 +274,26 @@ def _stack(samples: list[dict], schema: dict[str, tuple[str, tuple]]) -> dict[st
     return out
 
 
-def sample_stage(batch: dict[str, np.ndarray], *, cfg: RecipeConfig, seed: int, epoch: int,
+def current_epoch(epoch) -> int:
+    """``epoch`` itself, or the value of an epoch-clock actor (:func:`pipelines.train.epoch_clock`).
+
+    A training run passes the clock so that one Dataset object, re-executed every epoch
+    by ``iter_torch_batches``, draws new clips each epoch from ``(seed, epoch, video)``.
+    """
+    return epoch if isinstance(epoch, (int, np.integer)) else int(ray.get(epoch.get.remote()))
+
+
+def volume_stage(batch: dict[str, np.ndarray], *, cfg, seed: int, epoch) -> dict[str, np.ndarray]:
+    """Ray ``map_batches`` stage around :func:`volume_augment_batch`, reading the current epoch."""
+    return volume_augment_batch(batch, cfg=cfg, seed=seed, epoch=current_epoch(epoch))
+
+
+def sample_stage(batch: dict[str, np.ndarray], *, cfg: RecipeConfig, seed: int, epoch,
                  num_classes: int | None, run: str, ledger, options: LoaderOptions) -> dict[str, np.ndarray]:
     """Ray ``map_batches`` stage: item rows in, samples out; failed videos are left out and recorded."""
     import cv2
 
+    epoch = current_epoch(epoch)
     cv2.setNumThreads(1)  # one task per CPU
     read = _Reader(ledger, run, options)
     samples = []
@@ -398,7 +413,8 @@ def build_pipeline(manifest_url: str, recipe: str | RecipeConfig, split: str, *,
         manifest_url: dataset folder or manifest ``.parquet`` URL.
         recipe: a name of :data:`recipes.RECIPES` or a :class:`RecipeConfig`.
         split: manifest split (``train``, ``test``...).
-        seed, epoch: the randomness of this pass (module docstring).
+        seed, epoch: the randomness of this pass (module docstring); ``epoch`` may be an
+            epoch-clock actor handle, read by every task (see :func:`current_epoch`).
         num_classes: ``K`` for detection/eval labels (default: inferred from the manifest).
         limit: read only the split's first ``limit`` rows (in manifest order).
 
@@ -412,7 +428,8 @@ def build_pipeline(manifest_url: str, recipe: str | RecipeConfig, split: str, *,
         num_classes = infer_num_classes(table)
     items, excluded, inputs = _items(table, cfg, split, limit)
     if cfg.shuffle:
-        items = [items[i] for i in np.random.default_rng([seed, epoch]).permutation(len(items))]
+        order = np.random.default_rng([seed, current_epoch(epoch)]).permutation(len(items))
+        items = [items[i] for i in order]
     run, ledger = uuid.uuid4().hex, get_ledger(options.ledger_name)
     ray.get(ledger.exclude.remote(run, excluded))
     if excluded:
@@ -424,7 +441,7 @@ def build_pipeline(manifest_url: str, recipe: str | RecipeConfig, split: str, *,
                         fn_kwargs=dict(cfg=cfg, seed=seed, epoch=epoch, num_classes=num_classes, run=run,
                                        ledger=ledger, options=options))
     if cfg.volume is not None:
-        ds = ds.map_batches(volume_augment_batch, batch_size=cfg.volume_batch_size, batch_format="numpy",
+        ds = ds.map_batches(volume_stage, batch_size=cfg.volume_batch_size, batch_format="numpy",
                             num_cpus=options.num_cpus, fn_kwargs=dict(cfg=cfg.volume, seed=seed, epoch=epoch))
     if not options.strings:
         ds = ds.drop_columns(recipes.string_columns(cfg, num_classes))

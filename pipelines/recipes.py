@@ -18,7 +18,8 @@ Batch schema (``B`` rows; ``T`` frames per clip, ``S`` crop size, ``K`` classes;
 ``N`` blocks of ``L`` frames; ``V = num_clips * spatial_crops`` views; ``k`` windows)::
 
     every recipe  video_id: string, label: string ("" when null), label_index: int64 (-1 when null),
-                  row: int64 (the manifest row, to find a sample back)
+                  vid_index: int64 (the manifest row: a unique id per video, used to find a
+                      sample back and by CoCLR to exclude same-video queue entries)
     coclr         rgb_0, rgb_1, flow_0, flow_1: uint8[B,T,S,S,3]; frame_idx_0, frame_idx_1: int64[B,T];
                   aug_caption_0, aug_caption_1: string
     dpc           blocks: uint8[B,N,L,S,S,3]; frame_idx: int64[B,N,L]; aug_caption: string
@@ -204,7 +205,7 @@ def to_dict(cfg: RecipeConfig) -> dict[str, Any]:
 
 # Columns of every recipe, and each recipe's own, as (dtype, per-row shape).
 _COMMON = {"video_id": ("string", ()), "label": ("string", ()), "label_index": ("int64", ()),
-           "row": ("int64", ())}
+           "vid_index": ("int64", ())}
 
 
 def batch_schema(cfg: RecipeConfig, num_classes: int | None = None) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -362,5 +363,5 @@ def make_sample(row: dict, cfg: RecipeConfig, *, seed: int, epoch: int, num_clas
     """
     rng = sampling.sample_rng(seed, epoch, row["video_id"])
     base = {"video_id": row["video_id"], "label": row["label"], "label_index": row["label_index"],
-            "row": row["row"]}
+            "vid_index": row["row"]}
     return {**base, **SAMPLERS[cfg.name](row, cfg, rng, read, num_classes)}

@@ -106,7 +106,7 @@ def test_rgb_and_flow_clips_share_indices_and_crop(data):
     batch = _batch(build_dataset(data["ucf"], cfg, "train", seed=5, limit=2))
     rows = manifest.read_manifest(data["ucf"]).to_pylist()
     for i, vid in enumerate(batch["video_id"]):
-        row = rows[int(batch["row"][i])]
+        row = rows[int(batch["vid_index"][i])]
         assert row["video_id"] == vid
         rng = sampling.sample_rng(5, 0, vid)
         idx = [sampling.clip_indices(row["num_frames"], sampling.random_start(row["num_frames"], 8, 1, rng),
