@@ -10,11 +10,14 @@ from typing import Any
 
 from torch import nn
 
+from vidmodels.methods.classifier import Classifier, ClassifierConfig
 from vidmodels.methods.coclr import CoCLR, CoCLRConfig, CoCLRPhase, coclr_schedule
 from vidmodels.methods.moco import KeyQueue, ProjectedEncoder
 
 __all__ = [
     "METHODS",
+    "Classifier",
+    "ClassifierConfig",
     "CoCLR",
     "CoCLRConfig",
     "CoCLRPhase",
@@ -24,7 +27,7 @@ __all__ = [
     "coclr_schedule",
 ]
 
-METHODS: dict[str, type[nn.Module]] = {"coclr": CoCLR}
+METHODS: dict[str, type[nn.Module]] = {"coclr": CoCLR, "classifier": Classifier}
 
 
 def build_method(name: str, cfg: Any) -> nn.Module:
