@@ -24,6 +24,7 @@ Shape legend: ``N`` videos, ``V`` views, ``D`` feature dim, ``K`` classes.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -51,11 +52,13 @@ class FeatureExtractor:
         device: ``"cuda"`` when the actor has a GPU, else ``"cpu"``.
     """
 
-    def __init__(self, build_encoder: Callable[[], torch.nn.Module], device: str = "cpu") -> None:
+    def __init__(self, build_encoder: Callable[[], torch.nn.Module], device: str = "cpu",
+                 kind: str = "features") -> None:
         from pipelines.train import normalize_batch
 
         self._normalize = normalize_batch
         self.device = torch.device(device)
+        self.kind = kind
         self.encoder = build_encoder().to(self.device).eval()
 
     @torch.no_grad()
@@ -63,17 +66,24 @@ class FeatureExtractor:
         views = torch.from_numpy(np.ascontiguousarray(batch["views"]))  # (B, V, T, H, W, 3) uint8
         x = self._normalize({"views": views}, self.device)["views"]       # (B, V, 3, T, H, W)
         b, v = x.shape[:2]
-        emb_BVD = self.encoder(x.flatten(0, 1)).view(b, v, -1).float()
-        feats_BD = F.normalize(F.normalize(emb_BVD, dim=-1).mean(dim=1), dim=-1)
+        out_BVD = self.encoder(x.flatten(0, 1)).view(b, v, -1).float()
+        if self.kind == "logits":  # class probabilities averaged over views (finetune protocol)
+            feats_BD = out_BVD.softmax(dim=-1).mean(dim=1)
+        else:
+            feats_BD = F.normalize(F.normalize(out_BVD, dim=-1).mean(dim=1), dim=-1)
         return {"video_id": batch["video_id"], "label_index": batch["label_index"],
                 "feats": feats_BD.cpu().numpy()}
 
 
 def extract_features(dataset, build_encoder: Callable[[], torch.nn.Module], *, batch_size: int = 4,
-                     concurrency: int = 1, use_gpu: bool = False) -> Features:
-    """Run :class:`FeatureExtractor` over an ``eval``-recipe dataset and collect the features."""
+                     concurrency: int = 1, use_gpu: bool = False, kind: str = "features") -> Features:
+    """Run :class:`FeatureExtractor` over an ``eval``-recipe dataset and collect the features.
+
+    ``kind="logits"``: the module outputs class logits and the result holds the
+    view-averaged class probabilities instead of unit-length features.
+    """
     out = dataset.map_batches(FeatureExtractor, fn_constructor_kwargs={
-        "build_encoder": build_encoder, "device": "cuda" if use_gpu else "cpu"},
+        "build_encoder": build_encoder, "device": "cuda" if use_gpu else "cpu", "kind": kind},
         batch_size=batch_size, concurrency=concurrency, num_gpus=1 if use_gpu else 0,
         batch_format="numpy")
     rows = out.take_all()
@@ -146,3 +156,125 @@ def plot_confusion(confusion_KK: np.ndarray, class_names: Sequence[str], title: 
                         color="white" if rates[i, j] > 0.5 else "black")
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- driving a protocol
+
+
+def build_from_state(backbone: str, kwargs: dict[str, Any], state: dict[str, torch.Tensor] | None,
+                     seed: int = 0) -> torch.nn.Module:
+    """A registry backbone with ``state`` loaded (``None``: random init from ``seed``); picklable via partial."""
+    from vidmodels.registry import create_backbone
+
+    torch.manual_seed(seed)
+    module = create_backbone(backbone, **kwargs)
+    if state is not None:
+        module.load_state_dict(state)
+    return module
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """What ``jobs/evaluate.py`` runs."""
+
+    manifest: str = "data/demo/ucf101"
+    train_split: str = "train"
+    test_split: str = "test"
+    debug_size: bool = False          # 8-frame, 64 px views
+    num_clips: int | None = None      # temporal windows per video (recipe default: 10)
+    spatial_crops: int | None = None  # crops per window (recipe default: 3)
+    batch_size: int = 4
+    linear_epochs: int = 300
+    finetune_epochs: int = 10
+    seed: int = 0
+
+
+def eval_dataset(cfg: EvalConfig, split: str):
+    from pipelines import recipes
+    from pipelines.dataset import build_pipeline
+
+    overrides = [f"{k}={v}" for k, v in (("num_clips", cfg.num_clips), ("spatial_crops", cfg.spatial_crops))
+                 if v is not None]
+    recipe = recipes.recipe("eval", debug_size=cfg.debug_size, overrides=overrides)
+    return build_pipeline(cfg.manifest, recipe, split, seed=cfg.seed)
+
+
+def run_protocols(build_encoder: Callable[[], torch.nn.Module], protocols: Sequence[str], cfg: EvalConfig,
+                  *, backbone: str | None = None, state: dict | None = None) -> dict[str, Any]:
+    """Features once per split, then each protocol; returns ``{protocol: {metric: value}}``.
+
+    ``finetune`` needs ``backbone`` and ``state`` (the encoder it starts from).
+    """
+    from pipelines import manifest as manifest_mod
+
+    table = manifest_mod.read_manifest(cfg.manifest)
+    names = {}
+    for label, index in zip(table.column("label").to_pylist(), table.column("label_index").to_pylist()):
+        if index is not None:
+            names[index] = label
+    num_classes = max(names) + 1 if names else 0
+    results: dict[str, Any] = {}
+    if {"retrieval", "linear"} & set(protocols):
+        train = extract_features(eval_dataset(cfg, cfg.train_split).dataset, build_encoder,
+                                 batch_size=cfg.batch_size)
+        test = extract_features(eval_dataset(cfg, cfg.test_split).dataset, build_encoder,
+                                batch_size=cfg.batch_size)
+        if "retrieval" in protocols:
+            results["retrieval"] = retrieval_recall(test, train)
+        if "linear" in protocols:
+            results["linear"] = linear_probe(train, test, num_classes, epochs=cfg.linear_epochs, seed=cfg.seed)
+    if "finetune" in protocols:
+        results["finetune"] = finetune(backbone, state, cfg, num_classes)
+    results["_class_names"] = [names.get(i, str(i)) for i in range(num_classes)]
+    return results
+
+
+def finetune(backbone: str, state: dict | None, cfg: EvalConfig, num_classes: int) -> dict[str, Any]:
+    """Train encoder + linear head on the ``classification`` recipe, score with multi-view averaging."""
+    import functools
+
+    from pipelines import recipes
+    from pipelines.dataset import LoaderOptions, build_pipeline
+    from pipelines.train import LoopConfig, OptimConfig, fit, load_checkpoint_state
+
+    recipe = recipes.recipe("classification", debug_size=cfg.debug_size)
+    pipe = build_pipeline(cfg.manifest, recipe, cfg.train_split, seed=cfg.seed,
+                          options=LoaderOptions(strings=False))
+    videos = len(pipe.inputs) - pipe.quarantined().num_rows
+    loop = LoopConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, log_every_n_steps=10,
+                      seed=cfg.seed)
+    builder = functools.partial(_build_classifier, backbone, num_classes, state)
+    result = fit(build_method=builder, datasets={"train": pipe.dataset},
+                 optim=OptimConfig(lr=1e-4, weight_decay=1e-3, schedule="cosine"), loop=loop, num_workers=1,
+                 use_gpu=False, cpus_per_worker=0.5, run_name=f"finetune-{backbone}-{cfg.seed}-{id(state)}",
+                 storage_path=os.path.abspath("data/runs"), steps_per_epoch=max(1, videos // cfg.batch_size))
+    if result.error:
+        raise result.error
+    model = _build_classifier(backbone, num_classes, None)
+    model.load_state_dict(load_checkpoint_state(result.checkpoint)["model"])
+    probs = extract_features(eval_dataset(cfg, cfg.test_split).dataset,
+                             functools.partial(_logits_module, model), batch_size=cfg.batch_size, kind="logits")
+    return classification_scores(torch.from_numpy(probs.feats_ND), torch.from_numpy(probs.label_index),
+                                 num_classes)
+
+
+def _build_classifier(backbone: str, num_classes: int, state: dict | None):
+    from vidmodels.methods import Classifier, ClassifierConfig
+
+    model = Classifier(ClassifierConfig(backbone=backbone, num_classes=num_classes))
+    if state is not None:
+        model.load_backbone_state(state)
+    return model
+
+
+class _Logits(torch.nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.logits(x)
+
+
+def _logits_module(model):
+    return _Logits(model)

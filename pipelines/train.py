@@ -198,12 +198,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker (``TorchTrainer(train_loop_per_worker=...)``).
 
     ``config`` keys: ``build_method`` (a picklable zero-argument callable returning the
-    method module), ``init_state`` (optional state dict loaded with ``strict=False``
-    before training, e.g. encoders of a previous stage), ``optim`` (:class:`OptimConfig`),
+    method module, already initialised, e.g. with the encoders of a previous stage), ``optim`` (:class:`OptimConfig`),
     ``loop`` (:class:`LoopConfig`), ``steps_per_epoch`` (for the LR schedule),
-    ``epoch_clock`` (optional name of an :class:`EpochClock` actor the data pipeline
-    reads), and ``tracking`` (optional dict for :class:`pipelines.tracking.RunLogger`:
-    ``experiment``, ``run_id``).
+    ``epoch_clock`` (optional name of the :func:`epoch_clock` actor the data pipeline
+    reads), and ``tracking`` (optional: ``experiment``, ``run_name``, ``uri`` of the MLflow
+    run the driver opened; rank 0 logs its step and epoch metrics there).
     """
     import ray.train
     import ray.train.torch
@@ -215,8 +214,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(loop.seed + rank)
     method: nn.Module = config["build_method"]()
-    if config.get("init_state"):
-        method.load_state_dict(config["init_state"], strict=False)
     method.to(device)
     params = list(method.trainable_parameters()) if hasattr(method, "trainable_parameters") else list(method.parameters())
     optimizer = make_optimizer(iter(params), optim_cfg)
@@ -286,7 +283,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             logger.log_metrics({f"epoch/{k}": v for k, v in metrics.items()}, step=epoch)
         _report(metrics, method, optimizer, scheduler, epoch, step, rank, final=epoch == loop.epochs)
     if logger:
-        logger.flush()
+        logger.detach()  # deliver what is buffered; the driver ends the run
 
 
 def _report(metrics, method, optimizer, scheduler, epoch, step, rank, *, final: bool) -> None:
@@ -325,7 +322,9 @@ def _make_logger(tracking: dict | None, rank: int):
         return None
     from pipelines.tracking import RunLogger
 
-    return RunLogger.attach(tracking, rank=rank)
+    logger = RunLogger(tracking["experiment"], rank=rank, uri=tracking.get("uri"), flush_every_s=5.0)
+    logger.start(tracking["run_name"])  # joins the RUNNING run the driver opened (resume rule)
+    return logger
 
 
 def _clock(name: str | None):
@@ -363,7 +362,7 @@ def epoch_clock(name: str, epoch: int = 0):
 
 def fit(*, build_method: Builder, datasets: dict, optim: OptimConfig, loop: LoopConfig, num_workers: int,
         use_gpu: bool, cpus_per_worker: float, run_name: str, storage_path: str, steps_per_epoch: int,
-        init_state: dict | None = None, tracking: dict | None = None, clock_name: str | None = None):
+        tracking: dict | None = None, clock_name: str | None = None):
     """Run :func:`train_loop_per_worker` on ``num_workers`` Ray Train workers; returns the Result.
 
     NCCL on GPUs, gloo on CPUs. Checkpoints go to ``storage_path/run_name`` (a local
@@ -382,7 +381,7 @@ def fit(*, build_method: Builder, datasets: dict, optim: OptimConfig, loop: Loop
         import pyarrow.fs
 
         filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
-    config = {"build_method": build_method, "init_state": init_state, "optim": optim, "loop": loop,
+    config = {"build_method": build_method, "optim": optim, "loop": loop,
               "steps_per_epoch": steps_per_epoch, "tracking": tracking, "epoch_clock": clock_name}
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=config, datasets=datasets,

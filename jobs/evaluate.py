@@ -1,0 +1,90 @@
+"""Evaluate an encoder: ``python jobs/evaluate.py --model models:/coclr-rgb@coclr_rgb_c1 --protocol retrieval,linear``.
+
+Protocols (seed 001): ``retrieval`` (R@1/5/10/20, test queries the train set),
+``linear`` (probe on frozen multi-view features), ``finetune`` (encoder + head trained,
+multi-view test). ``--model random:<backbone>`` scores a randomly initialised encoder
+(the baseline). Results are printed as a table and logged to MLflow on the evaluated
+model's run (metrics ``eval/<protocol>/<metric>``, confusion matrices as artifacts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.cluster import init_ray  # noqa: E402
+from pipelines.config import apply_overrides  # noqa: E402
+from pipelines.evaluate import EvalConfig, build_from_state, plot_confusion, run_protocols  # noqa: E402
+
+
+def load_encoder(model: str):
+    """``(backbone, kwargs, state, run_id)`` of a registered model URI or ``random:<backbone>``."""
+    if model.startswith("random:"):
+        return model.split(":", 1)[1], {"num_classes": 0}, None, None
+    from mlflow import MlflowClient
+
+    from pipelines.tracking import load_registered_model, tracking_uri
+
+    module, info = load_registered_model(model)
+    name, _, ref = model[len("models:/"):].partition("@")
+    client = MlflowClient(tracking_uri=tracking_uri(), registry_uri=tracking_uri())
+    version = (client.get_model_version_by_alias(name, ref) if ref
+               else client.get_model_version(*model[len("models:/"):].split("/", 1)))
+    return info["backbone"], info.get("kwargs", {}), module.state_dict(), version.run_id
+
+
+def log_results(run_id: str, results: dict) -> None:
+    from mlflow import MlflowClient
+
+    from pipelines.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri())
+    names = results["_class_names"]
+    for protocol, scores in results.items():
+        if protocol.startswith("_"):
+            continue
+        for metric, value in scores.items():
+            if isinstance(value, float):
+                client.log_metric(run_id, f"eval/{protocol}/{metric.replace('@', '_at_')}", value)
+        if "confusion" in scores:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = f"{tmp}/confusion_{protocol}.png"
+                plot_confusion(scores["confusion"], names, f"{protocol} confusion").savefig(path, dpi=100)
+                client.log_artifact(run_id, path, "eval")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="models:/NAME@alias, models:/NAME/version or random:BACKBONE")
+    p.add_argument("--protocol", default="retrieval,linear", help="comma list of retrieval, linear, finetune")
+    p.add_argument("--manifest", help="dataset folder or manifest URL")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="EvalConfig override k=v")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    args = p.parse_args(argv)
+    cfg = apply_overrides(EvalConfig(), args.overrides + ([f"manifest={args.manifest}"] if args.manifest else []))
+    protocols = [x.strip() for x in args.protocol.split(",") if x.strip()]
+    init_ray()
+    backbone, kwargs, state, run_id = load_encoder(args.model)
+    results = run_protocols(functools.partial(build_from_state, backbone, kwargs, state, cfg.seed), protocols,
+                            cfg, backbone=backbone, state=state)
+    if run_id:
+        log_results(run_id, results)
+    scores = {p: {k: round(v, 2) for k, v in r.items() if isinstance(v, float)}
+              for p, r in results.items() if not p.startswith("_")}
+    if args.json:
+        print(json.dumps({"model": args.model, **scores}))
+    else:
+        print(f"\n{args.model}")
+        for protocol, row in scores.items():
+            print(f"  {protocol:<10} " + "  ".join(f"{k} {v:6.2f}" for k, v in row.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
