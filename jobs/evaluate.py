@@ -13,50 +13,13 @@ import argparse
 import functools
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.cluster import init_ray  # noqa: E402
 from pipelines.config import apply_overrides  # noqa: E402
-from pipelines.evaluate import EvalConfig, build_from_state, plot_confusion, run_protocols  # noqa: E402
-
-
-def load_encoder(model: str):
-    """``(backbone, kwargs, state, run_id)`` of a registered model URI or ``random:<backbone>``."""
-    if model.startswith("random:"):
-        return model.split(":", 1)[1], {"num_classes": 0}, None, None
-    from mlflow import MlflowClient
-
-    from pipelines.tracking import load_registered_model, tracking_uri
-
-    module, info = load_registered_model(model)
-    name, _, ref = model[len("models:/"):].partition("@")
-    client = MlflowClient(tracking_uri=tracking_uri(), registry_uri=tracking_uri())
-    version = (client.get_model_version_by_alias(name, ref) if ref
-               else client.get_model_version(*model[len("models:/"):].split("/", 1)))
-    return info["backbone"], info.get("kwargs", {}), module.state_dict(), version.run_id
-
-
-def log_results(run_id: str, results: dict) -> None:
-    from mlflow import MlflowClient
-
-    from pipelines.tracking import tracking_uri
-
-    client = MlflowClient(tracking_uri=tracking_uri())
-    names = results["_class_names"]
-    for protocol, scores in results.items():
-        if protocol.startswith("_"):
-            continue
-        for metric, value in scores.items():
-            if isinstance(value, float):
-                client.log_metric(run_id, f"eval/{protocol}/{metric.replace('@', '_at_')}", value)
-        if "confusion" in scores:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = f"{tmp}/confusion_{protocol}.png"
-                plot_confusion(scores["confusion"], names, f"{protocol} confusion").savefig(path, dpi=100)
-                client.log_artifact(run_id, path, "eval")
+from pipelines.evaluate import EvalConfig, build_from_state, load_encoder, log_results, run_protocols  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,8 @@ def init_ray(*, num_cpus: int | None = None, dashboard: bool | None = None) -> N
     """Connect to Ray once per process.
 
     Under ``ray job submit`` (``RAY_ADDRESS`` set) this joins that cluster; otherwise
-    it starts an embedded local cluster with ``num_cpus`` CPUs (all by default).
+    it starts an embedded local cluster with ``num_cpus`` CPUs (all by default), even
+    when a ``ray start`` cluster runs on this machine (set ``RAY_ADDRESS=auto`` to join it).
 
     Args:
         num_cpus: CPUs of the embedded cluster; ignored when joining a cluster.
@@ -34,6 +35,7 @@ def init_ray(*, num_cpus: int | None = None, dashboard: bool | None = None) -> N
         return
     if dashboard is None:
         dashboard = os.environ.get("VIDRAY_DASHBOARD") == "1"
-    ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+    # address="local": never attach silently to some other `ray start` cluster on this machine.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
              log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
     log.info("started a local Ray cluster with %s CPUs", ray.cluster_resources().get("CPU"))

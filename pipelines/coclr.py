@@ -96,7 +96,7 @@ def demo() -> CoCLRJob:
     return CoCLRJob(run_name="coclr-demo", model_name="coclr-demo",
                     data=DataConfig(manifest="data/demo/ucf101", debug_size=True),
                     method=CoCLRConfig.debug(queue_size=128, topk=5),
-                    schedule=ScheduleConfig(init_epochs=6, cycles=1, epochs_per_network=4),
+                    schedule=ScheduleConfig(init_epochs=3, cycles=1, epochs_per_network=2),
                     optim=OptimConfig(lr=1e-3, schedule="constant"),
                     loop=LoopConfig(epochs=6, batch_size=16, log_every_n_steps=5),
                     scaling=ScalingConfig(num_workers=1, cpus_per_worker=0.5))

@@ -75,6 +75,15 @@ from typing import Any, Self
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def home() -> Path:
+    """Where the embedded store lives: ``VIDRAY_HOME`` or the checkout.
+
+    A job submitted with ``ray job submit --working-dir .`` runs in a copy of the
+    checkout; ``VIDRAY_HOME`` points it back at the project so runs land in one store.
+    """
+    return Path(os.environ.get("VIDRAY_HOME") or PROJECT_ROOT)
 MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 MAX_TAG_VALUE = 8000
 MAX_KEY = 250
@@ -90,13 +99,13 @@ _HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQ
 
 
 def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI``, else the embedded default ``sqlite:///<project>/mlflow.db``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    """``MLFLOW_TRACKING_URI``, else the embedded default ``sqlite:///<home>/mlflow.db`` (:func:`home`)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
 
 
 def default_artifact_root() -> Path:
     """Artifact folder of the embedded default store."""
-    return PROJECT_ROOT / "mlruns"
+    return home() / "mlruns"
 
 
 def setup(experiment: str, uri: str | None = None) -> str:
@@ -117,7 +126,7 @@ def setup(experiment: str, uri: str | None = None) -> str:
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     location = None
-    if uri == f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}":
+    if uri == f"sqlite:///{home() / 'mlflow.db'}":
         location = (default_artifact_root() / re.sub(r"[^\w.-]", "_", experiment)).as_uri()
     try:
         return client.create_experiment(experiment, artifact_location=location)

@@ -229,8 +229,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
         epoch, step = int(state["epoch"]), int(state["step"])
         set_rng_state(state["rng"])
-    model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs={"find_unused_parameters": True}) \
-        if world > 1 else method
+    model = ray.train.torch.prepare_model(method) if world > 1 else method
     logger = _make_logger(config.get("tracking"), rank)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
     shard = ray.train.get_dataset_shard("train")
@@ -261,7 +260,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             timer.step_s += t_end - t_data
             timer.clips += _batch_size(batch)
             t_mark = t_end
-            scalars = {k: float(v) for k, v in out.items() if _is_scalar(v)}
+            scalars = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+                       for k, v in out.items() if _is_scalar(v)}
             epoch_loss += scalars["loss"]
             for k, v in scalars.items():
                 epoch_metrics[k] = epoch_metrics.get(k, 0.0) + v

@@ -110,9 +110,13 @@ def test_credential_keys_and_values_are_filtered():
     assert all(len(k) <= 250 for k in out)
 
 
-def test_tracking_uri_default_and_helpers(monkeypatch):
+def test_tracking_uri_default_and_helpers(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("VIDRAY_HOME", raising=False)
     assert tracking.tracking_uri() == f"sqlite:///{tracking.PROJECT_ROOT / 'mlflow.db'}"
+    monkeypatch.setenv("VIDRAY_HOME", str(tmp_path))  # a submitted job's copy points back at the project
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.delenv("VIDRAY_HOME")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example:5000")
     assert tracking.tracking_uri() == "http://example:5000"
     assert len(tracking.git_commit()) >= 7
@@ -250,6 +254,7 @@ def test_undelivered_metrics_are_kept_on_disk(tmp_path, caplog):
 def test_embedded_default_store(tmp_path, monkeypatch):
     """No MLFLOW_TRACKING_URI: sqlite under the project, artifacts in <project>/mlruns/<experiment>."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("VIDRAY_HOME", raising=False)
     monkeypatch.setattr(tracking, "PROJECT_ROOT", tmp_path)  # stands in for the checkout
     logger = RunLogger("embedded test", spill_dir=tmp_path / "spill")
     run_id = logger.start("local", SmallConfig())
