@@ -107,13 +107,17 @@ def main(argv=None) -> int:
                 "InfoNCE (rgb)": f"models:/{job.model_name}-rgb@infonce_rgb",
                 "CoCLR (rgb)": f"models:/{job.model_name}-rgb@coclr_rgb_c1"}
         scores = {label: evaluate(data, uri, job.data.debug_size) for label, uri in rows.items()}
+        print(f"\n{'encoder':<16} {'R@1':>7} {'R@5':>7} {'linear top-1':>13}   model")
+        for label, s in scores.items():
+            print(f"{label:<16} {s['R@1']:7.2f} {s['R@5']:7.2f} {s['linear_top1']:13.2f}   {rows[label]}")
+        subprocess.run([sys.executable, str(ROOT / "jobs" / "registry.py"), "list"], check=False)
+        print(f"\ndemo finished in {time.time() - start:.0f}s", flush=True)
     finally:
+        import ray
+
+        ray.shutdown()  # disconnect before the cluster goes away
         if not args.keep_cluster:
             subprocess.run([RAY, "stop"], env=env, check=False, capture_output=True)
-    print(f"\n{'encoder':<16} {'R@1':>7} {'R@5':>7} {'linear top-1':>13}   model")
-    for label, s in scores.items():
-        print(f"{label:<16} {s['R@1']:7.2f} {s['R@5']:7.2f} {s['linear_top1']:13.2f}   {rows[label]}")
-    print(f"\ndemo finished in {time.time() - start:.0f}s; models: python jobs/registry.py list")
     return 0
 
 

@@ -83,10 +83,12 @@ def extract_features(dataset, build_encoder: Callable[[], torch.nn.Module], *, b
     ``kind="logits"``: the module outputs class logits and the result holds the
     view-averaged class probabilities instead of unit-length features.
     """
+    import ray.data
+
     out = dataset.map_batches(FeatureExtractor, fn_constructor_kwargs={
         "build_encoder": build_encoder, "device": "cuda" if use_gpu else "cpu", "kind": kind},
-        batch_size=batch_size, concurrency=concurrency, num_gpus=1 if use_gpu else 0,
-        batch_format="numpy")
+        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_gpus=1 if use_gpu else 0, batch_format="numpy")
     rows = out.take_all()
     rows.sort(key=lambda r: str(r["video_id"]))
     return Features(video_id=[str(r["video_id"]) for r in rows],
