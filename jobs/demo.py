@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.cluster import init_ray  # noqa: E402
+from pipelines.cluster import init_ray, ray_job_submit  # noqa: E402
 from pipelines.evaluate import EvalConfig, build_from_state, load_encoder, log_results, run_protocols  # noqa: E402
 from pipelines.flow import FlowConfig, run_flow  # noqa: E402
 from pipelines.ingest import IngestConfig, run_ingest  # noqa: E402
@@ -47,11 +46,12 @@ def start_cluster(env: dict) -> str:
 
 def submit(env: dict, data: Path, variant: str) -> None:
     runtime_env = {"env_vars": {"VIDRAY_HOME": str(ROOT), "VIDRAY_GIT_COMMIT": _git_commit()}}
-    cmd = [RAY, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", str(ROOT),
-           "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/coclr.py", "--variant", variant,
-           "--set", f"data.manifest={data / 'demo' / 'ucf101'}", "--set", f"storage_path={data / 'runs'}"]
-    print("$ " + " ".join(cmd[:8]) + " -- python jobs/coclr.py --variant " + variant + " ...", flush=True)
-    subprocess.run(cmd, env=env, check=True, cwd=ROOT)
+    entrypoint = ["python", "jobs/coclr.py", "--variant", variant, "--set", f"data.manifest={data / 'demo' / 'ucf101'}",
+                  "--set", f"storage_path={data / 'runs'}"]
+    print(f"$ ray job submit --working-dir . -- python jobs/coclr.py --variant {variant} ...", flush=True)
+    out = ray_job_submit("http://127.0.0.1:8265", str(ROOT), entrypoint, runtime_env=runtime_env, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"the CoCLR job failed (exit {out.returncode})")
 
 
 def _git_commit() -> str:

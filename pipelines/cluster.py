@@ -39,3 +39,35 @@ def init_ray(*, num_cpus: int | None = None, dashboard: bool | None = None) -> N
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
              log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
     log.info("started a local Ray cluster with %s CPUs", ray.cluster_resources().get("CPU"))
+
+
+def ray_job_submit(address: str, working_dir: str, entrypoint: list[str], *, runtime_env: dict | None = None,
+                   env: dict | None = None, capture: bool = False, wait_for_agent_s: float = 120.0):
+    """``ray job submit --address A --working-dir D [--runtime-env-json J] -- ENTRYPOINT``, the CLI path.
+
+    A head node answers on its dashboard before its job agent is up ("No available agent
+    to submit job"); the submission is retried until ``wait_for_agent_s`` has passed.
+    Returns the ``subprocess.CompletedProcess`` (output captured when ``capture``).
+    """
+    import json
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
+           "--working-dir", working_dir]
+    if runtime_env:
+        cmd += ["--runtime-env-json", json.dumps(runtime_env)]
+    cmd += ["--", *entrypoint]
+    deadline = time.time() + wait_for_agent_s
+    while True:
+        out = subprocess.run(cmd, env=env, cwd=working_dir, capture_output=True, text=True)
+        if out.returncode == 0 or "No available agent" not in out.stdout + out.stderr or time.time() > deadline:
+            break
+        log.warning("the job agent is not up yet; retrying the submission")
+        time.sleep(3)
+    if not capture:
+        sys.stdout.write(out.stdout)
+        sys.stderr.write(out.stderr[-20000:])
+    return out

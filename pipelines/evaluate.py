@@ -9,8 +9,9 @@ the encoder once (:class:`FeatureExtractor`).
 * **retrieval** (CoCLR / MemDPC protocol): test videos query the train videos by
   cosine similarity of L2-normalised features; R@k is the fraction of queries with at
   least one same-class video among the k nearest.
-* **linear** probe: a linear classifier trained on the frozen train features
-  (full-batch Adam with weight decay, cross-entropy), scored on the test features.
+* **linear** probe: a linear classifier trained on the frozen train features,
+  standardised with the train mean/std (full-batch Adam with weight decay,
+  cross-entropy), scored on the test features.
   The seeds train the probe on augmented clips; we train it on the multi-view averaged
   features without augmentation, which is cheaper and the common practice of later
   work (stated here because the seeds differ).
@@ -114,6 +115,10 @@ def linear_probe(train: Features, test: Features, num_classes: int, *, epochs: i
     torch.manual_seed(seed)
     x_tr, y_tr = torch.from_numpy(train.feats_ND), torch.from_numpy(train.label_index)
     x_te, y_te = torch.from_numpy(test.feats_ND), torch.from_numpy(test.label_index)
+    # Standardise with the train statistics (a parameter-free BatchNorm, as MoCo v3's probe):
+    # unit-length features of a young encoder differ by tiny amounts a plain linear layer barely sees.
+    mean, std = x_tr.mean(dim=0), x_tr.std(dim=0).clamp_min(1e-6)
+    x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
     head = torch.nn.Linear(x_tr.shape[1], num_classes)
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(epochs):

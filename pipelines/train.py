@@ -66,7 +66,7 @@ class LoopConfig:
 
     epochs: int = 10
     batch_size: int = 8              # per worker
-    log_every_n_steps: int = 10
+    log_every_n_steps: int = 10      # also Ray Train reports: keep them >= ~2 s apart (see the loop)
     checkpoint_every_n_steps: int = 0  # 0: once per epoch only
     keep_checkpoints: int = 2
     max_failures: int = 2
@@ -275,6 +275,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     _report(metrics, method, optimizer, scheduler, epoch, step, rank, final=False)
                 else:
                     ray.train.report(metrics)
+                # Ray Train 2.60 drains each worker's report queue every ~2 s, so a report can
+                # block: that time is neither data wait nor compute of the next window.
+                t_mark = time.perf_counter()
         epoch += 1
         means = {f"epoch_{k}": v / max(1, epoch_steps) for k, v in epoch_metrics.items()}
         metrics = {**means, "epoch": epoch, "step": step, "epoch_steps": epoch_steps,

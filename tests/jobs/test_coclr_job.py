@@ -1,7 +1,6 @@
 """The documented path: ``ray start --head`` + ``ray job submit --working-dir . -- python jobs/coclr.py``,
 then ``jobs/registry.py get`` retrieves the registered encoder and loads it (weights only)."""
 
-import json
 import os
 import signal
 import socket
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.cluster import ray_job_submit
 from tests.pipelines.test_dataset import tiny_datasets
 
 pytestmark = pytest.mark.slow
@@ -32,11 +32,15 @@ def head_node(tmp_path):
     env.update(RAY_AUTH_MODE="token", PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
     subprocess.run([RAY, "get-auth-token", "--generate"], env=env, capture_output=True)
     port, dash = _free_port(), _free_port()
+    # Every per-node port explicit: the session's embedded cluster already holds the defaults.
+    ports = ["--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
+             "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
+             "--ray-client-server-port", str(_free_port())]
     temp = Path("/tmp") / f"vr{port}"  # short: Ray's socket paths must stay under 108 bytes
     proc = subprocess.Popen([RAY, "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
                              "--temp-dir", str(temp), "--disable-usage-stats",
-                             "--min-worker-port", "20000", "--max-worker-port", "29999"],
+                             "--min-worker-port", "20000", "--max-worker-port", "29999", *ports],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
@@ -61,12 +65,10 @@ def test_submit_coclr_debug_then_get_it_from_the_registry(ray_cluster, tmp_path_
     address, env = head_node
     data = tiny_datasets(tmp_path_factory)["ucf"]
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server, "VIDRAY_GIT_COMMIT": "test"}}
-    cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
-           "--runtime-env-json", json.dumps(runtime_env), "--",
-           "python", "jobs/coclr.py", "--variant", "debug", "--stage", "infonce_rgb",
-           "--set", f"data.manifest={data}", "--set", f"storage_path={tmp_path / 'runs'}",
-           "--set", "loop.batch_size=2", "--set", "scaling.num_workers=1"]
-    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    entrypoint = ["python", "jobs/coclr.py", "--variant", "debug", "--stage", "infonce_rgb",
+                  "--set", f"data.manifest={data}", "--set", f"storage_path={tmp_path / 'runs'}",
+                  "--set", "loop.batch_size=2", "--set", "scaling.num_workers=1"]
+    out = ray_job_submit(address, str(ROOT), entrypoint, runtime_env=runtime_env, env=env, capture=True)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert "coclr-debug-rgb" in out.stdout and "infonce_rgb" in out.stdout
 

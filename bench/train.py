@@ -1,0 +1,543 @@
+"""Training benchmark: CoCLR clips/s with the real data pipeline vs the same model fed from memory.
+
+    python bench/train.py [--quick | --tiny] [--data DIR] [--gpu] [--set videos=96 --set epochs=4 ...]
+
+Prints ONE JSON object on stdout (progress goes to stderr). Everything runs in this
+process on an embedded Ray cluster of ``cores`` CPUs (``RAY_ADDRESS`` is ignored: the
+ratios need a private cluster of known size), on synthetic UCF-101-style videos
+(:mod:`pipelines.synthetic`) ingested with a short GOP and given Farneback flow, i.e.
+the ``make demo`` data at a smaller size. Method: CoCLR's first stage (``infonce``,
+RGB) with ``CoCLRConfig.debug`` (``s3d_debug``) on the debug-size ``coclr`` recipe
+(two RGB + two flow clips of 8 x 64² per sample), trained by :func:`pipelines.train.fit`
+on ``workers`` in {1, 2} gloo workers of ``cpus_per_worker`` CPUs, per-worker batch
+``batch_size``. For each worker count, one after another (order: memory 1, real 1,
+real 2, memory 2, so that each compared pair runs back to back):
+
+  real        ``fit`` on ``pipelines.coclr._dataset``'s pipeline: decode, sampling and
+              augmentation in Ray Data tasks every epoch, the epoch read from an
+              epoch-clock actor, exactly as ``jobs/coclr.py`` trains.
+  memory      the same samples (epoch 0's) materialised once into the object store
+              (``Dataset.materialize()`` of the same pipeline, identical uint8 columns)
+              and fed to the same ``fit``: what training costs when data is free
+              apart from Ray Data's block-to-tensor path.
+  compute_only  the same model and step (``normalize_batch``, forward, backward, Adam)
+              on uint8 tensors already in this process, one torch thread, no Ray: the
+              ceiling of one worker.
+
+Figures come from the training loop itself: every ``log_every_n_steps`` each worker
+reports ``clips_per_s`` (world size x its clips / its window time; a clip is one
+sample) and ``data_wait_frac`` (share of the window before each batch arrived). Ray
+Train V2 keeps only the last report (``Result.metrics``) and the checkpointed ones
+(``metrics_dataframe``), so the method builder installs a tap on ``ray.train.report``
+in each worker that copies every report, and how long the call took, to a
+:class:`ReportLog` actor (no MLflow). The loop books that call as data wait of the next
+window, and in Ray 2.60 it is not free: each worker's report queue holds one report
+and the controller drains it every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s), so a
+report that comes less than ~2 s after the previous one blocks. Hence two views:
+``clips_per_s`` / ``data_wait_frac`` as the loop measures them (what training gets
+with this logging cadence), and ``*_excl_report`` with the report calls removed
+(``report_frac`` is their share). The first window of each worker is the warm-up and
+is dropped; the later first windows of each epoch are kept, since restarting the
+pipeline per epoch is a real cost. Figures are summed over windows, then averaged
+over ranks. ``ratios`` compare runs of this process only; compare ratios across
+machines, not clips/s.
+
+``--gpu``: when CUDA is available, also S3D CoCLR (full ``s3d``, 32 x 128² clips,
+``gpu_batch`` per GPU) on one GPU from tensors already on the device, bf16 autocast as
+in the training loop, against fp32 as the in-process baseline. Without CUDA the JSON
+says that it was skipped and why.
+
+Shape legend: ``B`` batch, ``T`` frames per clip, ``S`` crop size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pipelines import recipes  # noqa: E402
+from pipelines.train import LoopConfig, OptimConfig, normalize_batch  # noqa: E402
+from vidmodels.methods import CoCLR, CoCLRConfig  # noqa: E402
+
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # how often the Train controller collects reports
+
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What to measure; named variants are :func:`quick` and :func:`tiny`, edits with ``--set``."""
+
+    variant: str = "default"
+    videos: int = 96            # samples per epoch (one per video)
+    frames: int = 48            # frames per synthetic video (128 x 128, GOP 8)
+    batch_size: int = 8         # per worker
+    epochs: int = 3
+    log_every_n_steps: int = 3  # one logging window
+    workers: tuple[int, ...] = (1, 2)
+    cpus_per_worker: float = 0.5  # leaves the rest of the cluster to the data tasks
+    queue_size: int = 128       # the demo's CoCLR queue
+    report_poll_s: float | None = None  # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S; None: Ray's default (2 s)
+    compute_steps: int = 12     # compute_only: measured steps (after 2 warm-up steps)
+    gpu_batch: int = 32         # --gpu: clips per GPU
+    gpu_steps: int = 20
+    cores: int = len(os.sched_getaffinity(0))
+    seed: int = 0
+
+
+def quick() -> BenchConfig:
+    """About three minutes on 2 busy cores (four Ray Train start-ups are most of it)."""
+    return dataclasses.replace(BenchConfig(), variant="quick", videos=48, frames=40, epochs=2, compute_steps=8)
+
+
+def tiny() -> BenchConfig:
+    """The test: 2 workers only, real and memory, fast controller polling; figures meaningless."""
+    return dataclasses.replace(BenchConfig(), variant="tiny", videos=16, frames=24, batch_size=4, epochs=1,
+                               log_every_n_steps=1, workers=(2,), queue_size=16, report_poll_s=0.5,
+                               compute_steps=2, gpu_batch=2, gpu_steps=2)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def load1() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def prepare_data(cfg: BenchConfig, root: Path) -> str:
+    """Synthetic videos -> ingest (GOP 8) -> Farneback flow; returns the dataset folder."""
+    from pipelines.flow import FlowConfig, run_flow
+    from pipelines.ingest import IngestConfig, run_ingest
+    from pipelines.synthetic import generate, preset
+
+    classes = min(12, cfg.videos)  # one group: every video is in the train split
+    syn = preset("demo", num_classes=classes, groups=1, clips_per_group=math.ceil(cfg.videos / classes),
+                 multi_videos=0, frames=cfg.frames, seed=cfg.seed)
+    generate(str(root / "src"), syn, workers=cfg.cores, progress=False)
+    dst = str(root / "ucf101")
+    report = run_ingest(IngestConfig(fmt="ucf101", src=str(root / "src" / "ucf101"), dst=dst, gop=8))
+    flow = run_flow(FlowConfig(manifest=dst, method="farneback"))
+    if report.quarantined or flow.quarantined:
+        raise RuntimeError(f"lost videos: ingest {report.reasons}, flow {flow.reasons}")
+    return dst
+
+
+def job_for(cfg: BenchConfig, manifest_dir: str):
+    """The ``debug``/``demo`` CoCLR job at this benchmark's size (stage 1, RGB)."""
+    from pipelines.coclr import DataConfig, demo
+
+    job = demo()
+    return dataclasses.replace(
+        job, data=DataConfig(manifest=manifest_dir, debug_size=True, seed=cfg.seed, limit=cfg.videos),
+        method=CoCLRConfig.debug(queue_size=cfg.queue_size, modality="rgb", stage="infonce"),
+        optim=OptimConfig(lr=1e-3, schedule="constant"),
+        loop=LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, log_every_n_steps=cfg.log_every_n_steps,
+                        max_failures=0, seed=cfg.seed))
+
+
+# --------------------------------------------------------------------------- report capture
+
+
+class ReportLog:
+    """Every ``ray.train.report`` of a run's workers, with how long each call took (a Ray actor, no CPU)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.workers: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+
+    def worker(self, info: dict) -> None:
+        self.workers.append(info)
+
+    def get(self) -> dict:
+        return {"rows": self.rows, "workers": self.workers}
+
+
+def _tap_reports(report_log) -> None:
+    """Copy every ``ray.train.report`` of this worker process, and its duration, to ``report_log``.
+
+    The loop calls ``ray.train.report`` through the module attribute, so replacing it
+    in this worker process (a worker of this benchmark only) sees every report. Window
+    rows are sent without waiting (~0.1 ms, inside the next window); an epoch report
+    waits for delivery, so nothing is lost when the worker exits after the last one.
+    """
+    import ray
+    import ray.train
+
+    original = getattr(ray.train.report, "__wrapped__", ray.train.report)
+    rank = ray.train.get_context().get_world_rank()
+
+    @functools.wraps(original)
+    def report(metrics, *args, **kwargs):
+        start = time.perf_counter()
+        out = original(metrics, *args, **kwargs)
+        row = {"rank": rank, "report_s": time.perf_counter() - start,
+               **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        ref = report_log.add.remote(row)
+        if "clips_per_s" not in metrics:
+            ray.get(ref)
+        return out
+
+    ray.train.report = report
+    ray.get(report_log.worker.remote({"rank": rank, "torch_threads": torch.get_num_threads(),
+                                      "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}))
+
+
+def build_tapped(cfg: CoCLRConfig, report_log) -> CoCLR:
+    """``build_coclr`` for ``fit``'s ``build_method``, with the report tap installed first."""
+    from pipelines.coclr import build_coclr
+
+    _tap_reports(report_log)
+    return build_coclr(cfg, {})
+
+
+def windows_of(rows: list[dict], rank: int, *, world: int, batch_size: int, steps_per_epoch: int) -> list[dict]:
+    """One rank's logging windows: clips, seconds, data-wait seconds, and report-call seconds inside.
+
+    The loop's window time is ``world * clips / clips_per_s``; its clips are the steps since
+    the previous window or the epoch's start (the loop restarts its timer every epoch).
+    The ``ray.train.report`` call that closed the previous window of the same epoch runs
+    after the loop's timestamp, so the loop counts it as data wait of this window.
+    """
+    reports = sorted((r for r in rows if r["rank"] == rank), key=lambda r: (r["step"], "clips_per_s" not in r))
+    out, prev_step, prev_report = [], 0, 0.0
+    for r in reports:
+        if "clips_per_s" not in r:  # the epoch's report (checkpoint): outside every window
+            prev_step, prev_report = r["step"], 0.0
+            continue
+        epoch_start = r["epoch"] * steps_per_epoch
+        clips = batch_size * (r["step"] - max(prev_step, epoch_start))
+        seconds = world * clips / r["clips_per_s"]
+        out.append({"epoch": r["epoch"], "step": r["step"], "clips": clips, "seconds": seconds,
+                    "wait_s": r["data_wait_frac"] * seconds, "report_s": prev_report if prev_step >= epoch_start else 0.0})
+        prev_step, prev_report = r["step"], r["report_s"]
+    return out
+
+
+def summarise(rows: list[dict], *, world: int, batch_size: int, steps_per_epoch: int,
+              skip: int = 1) -> dict[str, Any]:
+    """Steady-state figures over every rank's windows after the first ``skip`` (the warm-up).
+
+    ``clips_per_s`` and ``data_wait_frac`` are the loop's own definitions; the ``_excl_report``
+    pair removes the time spent inside ``ray.train.report`` (``report_frac``), which the
+    loop books as data wait. Figures are averaged over ranks (each rank's clips/s already
+    counts all ranks: world size x its clips over its time).
+
+    Raises:
+        RuntimeError: a rank has no window after the warm-up.
+    """
+    per_rank = []
+    for rank in range(world):
+        windows = windows_of(rows, rank, world=world, batch_size=batch_size, steps_per_epoch=steps_per_epoch)
+        kept = windows[skip:]
+        if not kept:
+            raise RuntimeError(f"rank {rank}: {len(windows)} logging windows, none after the first {skip}")
+        clips, t = sum(w["clips"] for w in kept), sum(w["seconds"] for w in kept)
+        wait, rep = sum(w["wait_s"] for w in kept), sum(w["report_s"] for w in kept)
+        per_rank.append({"clips_per_s": world * clips / t, "data_wait_frac": wait / t, "report_frac": rep / t,
+                         "clips_per_s_excl_report": world * clips / (t - rep),
+                         "data_wait_frac_excl_report": (wait - rep) / (t - rep), "windows": len(kept),
+                         "clips_per_rank": clips,
+                         "warm_up_clips_per_s": [round(world * w["clips"] / w["seconds"], 2) for w in windows[:skip]],
+                         "window_clips_per_s": [round(world * w["clips"] / w["seconds"], 2) for w in kept]})
+    keys = ("clips_per_s", "data_wait_frac", "clips_per_s_excl_report", "data_wait_frac_excl_report", "report_frac")
+    epoch_reports = [r["report_s"] for r in rows if "clips_per_s" not in r and r["rank"] == 0]
+    return {**{k: round(float(np.mean([r[k] for r in per_rank])), 3) for k in keys},
+            "epoch_report_s_rank0": [round(s, 2) for s in epoch_reports],
+            "per_rank": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in per_rank]}
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def measure(cfg: BenchConfig, job, dataset, *, workers: int, name: str, storage: str,
+            clock_name: str | None) -> dict[str, Any]:
+    """One ``fit`` run; its steady-state figures, wall time and the workers' torch threads."""
+    import ray
+
+    from pipelines.train import fit
+
+    report_log = ray.remote(num_cpus=0)(ReportLog).remote()
+    steps = cfg.videos // (cfg.batch_size * workers)
+    before, start = load1(), time.perf_counter()
+    result = fit(build_method=functools.partial(build_tapped, job.method, report_log), datasets={"train": dataset},
+                 optim=job.optim, loop=job.loop, num_workers=workers, use_gpu=False,
+                 cpus_per_worker=cfg.cpus_per_worker, run_name=name, storage_path=storage, steps_per_epoch=steps,
+                 clock_name=clock_name)
+    wall = time.perf_counter() - start
+    if result.error:
+        raise result.error
+    got = ray.get(report_log.get.remote())
+    ray.kill(report_log)
+    figures = summarise(got["rows"], world=workers, batch_size=cfg.batch_size, steps_per_epoch=steps)
+    last = result.metrics
+    return {**figures, "workers": workers, "steps_per_epoch": steps, "fit_wall_s": round(wall, 1),
+            "load_before": before, "load_after": load1(), "final_epoch_loss": round(last.get("epoch_loss", 0.0), 4),
+            "worker_threads": sorted(got["workers"], key=lambda w: w["rank"])}
+
+
+def synthetic_batch(rcfg: recipes.RecipeConfig, batch: int, device: torch.device, seed: int = 0) -> dict:
+    """A uint8 batch with the ``coclr`` recipe's tensor columns (what ``iter_torch_batches`` yields)."""
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for name, (dtype, shape) in recipes.batch_schema(rcfg).items():
+        if dtype == "uint8":
+            out[name] = torch.randint(0, 256, (batch, *shape), generator=g, dtype=torch.uint8)
+        elif dtype == "int64":
+            out[name] = torch.arange(batch).view(-1, *([1] * len(shape))).expand(batch, *shape).clone()
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def compute_only(method_cfg: CoCLRConfig, rcfg: recipes.RecipeConfig, *, batch: int, steps: int,
+                 device: torch.device, bf16: bool, warmup: int = 2) -> dict[str, Any]:
+    """Clips/s of the training step alone on tensors already on ``device`` (no data loading).
+
+    The step is the loop's: ``normalize_batch`` (uint8 -> normalised float), forward under
+    autocast when ``bf16``, backward, Adam; a clip is one sample (2 views), as in the loop.
+    """
+    torch.manual_seed(0)
+    method = CoCLR(method_cfg).to(device).train()
+    optimizer = torch.optim.Adam(method.trainable_parameters(), lr=1e-3, weight_decay=1e-5)
+    data = synthetic_batch(rcfg, batch, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def step() -> float:
+        with autocast:
+            loss = method(normalize_batch(data, device))["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    losses = [step() for _ in range(steps)]  # float(loss) syncs every step, as the loop's report does
+    seconds = time.perf_counter() - start
+    out = {"clips_per_s": round(batch * steps / seconds, 2), "steps": steps, "batch": batch,
+           "seconds": round(seconds, 2), "dtype": "bf16 autocast" if bf16 else "fp32",
+           "loss_finite": bool(np.isfinite(losses).all())}
+    if device.type == "cuda":
+        out["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return out
+
+
+def gpu_section(cfg: BenchConfig, requested: bool) -> dict[str, Any]:
+    """S3D CoCLR at 32 x 128² per GPU, bf16 vs fp32, or why it was skipped."""
+    if not requested:
+        return {"skipped": "not requested (pass --gpu)"}
+    if not torch.cuda.is_available():
+        return {"skipped": f"no CUDA device here (torch {torch.__version__}, "
+                           f"cuda build {torch.version.cuda or 'none'})"}
+    device = torch.device("cuda", 0)
+    method_cfg = CoCLRConfig(backbone="s3d", modality="rgb", stage="infonce")
+    rcfg = recipes.recipe("coclr")  # 2 x 32 frames, 128 px
+    runs = {}
+    for name, bf16 in (("bf16", True), ("fp32", False)):
+        log(f"gpu: s3d {name}")
+        runs[name] = compute_only(method_cfg, rcfg, batch=cfg.gpu_batch, steps=cfg.gpu_steps, device=device,
+                                  bf16=bf16, warmup=3)
+    return {"device": torch.cuda.get_device_name(device), "gpus_used": 1,
+            "gpus_visible": torch.cuda.device_count(), "clip_shape_TSS": [rcfg.clip_len, rcfg.crop_size,
+                                                                          rcfg.crop_size],
+            "backbone": "s3d", "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "clips_per_s_per_gpu_bf16": runs["bf16"]["clips_per_s"], "clips_per_s_per_gpu_fp32": runs["fp32"]["clips_per_s"],
+            "bf16_over_fp32": round(runs["bf16"]["clips_per_s"] / runs["fp32"]["clips_per_s"], 3), "runs": runs}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def order(workers: tuple[int, ...]) -> list[tuple[str, int]]:
+    """memory 1, real 1, real 2, memory 2, ...: each compared pair runs back to back."""
+    pairs = [("memory", "real") if i % 2 == 0 else ("real", "memory") for i in range(len(workers))]
+    return [(kind, w) for w, pair in zip(workers, pairs) for kind in pair]
+
+
+def training_runs(cfg: BenchConfig, manifest_dir: str, storage: str, phase) -> dict[str, dict]:
+    """The ``fit`` runs of :func:`order` on one pipeline and its materialised copy."""
+    import ray
+
+    from pipelines.coclr import _dataset
+    from pipelines.train import epoch_clock
+
+    job = job_for(cfg, manifest_dir)
+    memory = phase("materialise", lambda: _dataset(job, 0)[0].dataset.materialize())  # epoch 0's samples
+    if memory.count() != cfg.videos:
+        raise RuntimeError(f"materialised {memory.count()} samples, expected {cfg.videos}")
+    out = {}
+    for kind, workers in order(cfg.workers):
+        name = f"{kind}_{workers}w"
+        if kind == "memory":
+            out[name] = phase(name, lambda: measure(cfg, job, memory, workers=workers, name=name, storage=storage,
+                                                    clock_name=None))
+            continue
+        clock_name = f"vidray-bench-train-epoch-{os.getpid()}-{workers}"
+        clock = epoch_clock(clock_name)
+        try:
+            pipe, _ = _dataset(job, clock)
+            out[name] = phase(name, lambda: measure(cfg, job, pipe.dataset, workers=workers, name=name,
+                                                    storage=storage, clock_name=clock_name))
+        finally:
+            ray.kill(clock)  # detached: it would outlive the driver
+    return out
+
+
+def ratios(runs: dict[str, dict], compute: float) -> dict[str, float | None]:
+    """real/memory per worker count, 2-worker/1-worker per feed, memory/compute-only (1 worker)."""
+    out = {}
+    for key in ("clips_per_s", "clips_per_s_excl_report"):
+        c = {name: r[key] for name, r in runs.items()}
+        tag = "" if key == "clips_per_s" else "_excl_report"
+        for name in c:
+            kind, w = name.split("_")
+            if kind == "real" and f"memory_{w}" in c:
+                out[f"real_over_memory_{w}{tag}"] = ratio(c[name], c[f"memory_{w}"])
+        for kind in ("real", "memory"):
+            if f"{kind}_1w" in c and f"{kind}_2w" in c:
+                out[f"{kind}_2w_over_1w{tag}"] = ratio(c[f"{kind}_2w"], c[f"{kind}_1w"])
+        if "memory_1w" in c:
+            out[f"memory_1w_over_compute_only{tag}"] = ratio(c["memory_1w"], compute)
+    return out
+
+
+def run(cfg: BenchConfig, work: Path, data: Path, gpu: bool) -> dict[str, Any]:
+    import ray
+
+    from pipelines.cluster import init_ray
+
+    phases: list[dict] = []
+
+    def phase(name: str, fn):
+        log(f"phase {name}")
+        before, start = load1(), time.perf_counter()
+        out = fn()
+        phases.append({"phase": name, "seconds": round(time.perf_counter() - start, 1), "load_before": before,
+                       "load_after": load1()})
+        return out
+
+    if cfg.report_poll_s is not None:  # read by the Train controller, a process of the cluster started next
+        os.environ[POLL_ENV] = str(cfg.report_poll_s)
+    init_ray(num_cpus=cfg.cores)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    manifest_dir = phase("generate+ingest+flow", lambda: prepare_data(cfg, data))
+    job = job_for(cfg, manifest_dir)
+    rcfg = recipes.recipe("coclr", debug_size=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as one Ray Train worker of < 1 CPU gets (OMP_NUM_THREADS=1)
+    try:
+        compute = phase("compute_only", lambda: compute_only(job.method, rcfg, batch=cfg.batch_size,
+                                                             steps=cfg.compute_steps, device=torch.device("cpu"),
+                                                             bf16=False))
+    finally:
+        torch.set_num_threads(threads)
+    runs = training_runs(cfg, manifest_dir, str(work / "runs"), phase)
+    resources = ray.cluster_resources()
+    ray.shutdown()
+    gpu_figures = gpu_section(cfg, gpu)
+    return {
+        "clips_per_s": {name: r["clips_per_s"] for name, r in runs.items()},
+        "data_wait_frac": {name: r["data_wait_frac"] for name, r in runs.items()},
+        "clips_per_s_excl_report": {name: r["clips_per_s_excl_report"] for name, r in runs.items()},
+        "data_wait_frac_excl_report": {name: r["data_wait_frac_excl_report"] for name, r in runs.items()},
+        "report_frac": {name: r["report_frac"] for name, r in runs.items()},
+        "compute_only_clips_per_s_1_thread": compute["clips_per_s"],
+        "ratios": ratios(runs, compute["clips_per_s"]),
+        "runs": runs, "compute_only": compute, "gpu": gpu_figures, "phases": phases,
+        "config": {**dataclasses.asdict(cfg), "order": [f"{k}_{w}w" for k, w in order(cfg.workers)],
+                   "method": dataclasses.asdict(job.method), "recipe": "coclr (debug size)",
+                   "clip_shape_TSS3": [rcfg.clip_len, rcfg.crop_size, rcfg.crop_size, 3],
+                   "clip": "one sample = rgb_0, rgb_1 (trained) + flow_0, flow_1 (decoded, not used in this stage)",
+                   "ray_cluster": "embedded (address='local')", "ray_cluster_cpus": resources.get("CPU"),
+                   "decode_task_cpus": 1.0, "windows_skipped_per_rank": 1,
+                   "ray_train_report_poll_s": float(os.environ.get(POLL_ENV, 2.0))}}
+
+
+def machine_info() -> dict[str, Any]:
+    import cv2
+    import pyarrow
+    import ray
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    mem = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    return {"cpu": cpu, "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
+            "mem_gb": round(mem / 2**20, 1), "python": platform.python_version(), "platform": platform.platform(),
+            "ray": ray.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "pyarrow": pyarrow.__version__, "opencv": cv2.__version__, "cuda_available": torch.cuda.is_available()}
+
+
+def parse_config(argv: list[str] | None) -> tuple[BenchConfig, str | None, bool]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="about two minutes: fewer videos and epochs")
+    size.add_argument("--tiny", action="store_true", help="smallest run, for the test (figures meaningless)")
+    parser.add_argument("--data", help="keep the generated data in DIR (reused when run again)")
+    parser.add_argument("--gpu", action="store_true", help="also S3D CoCLR clips/s per GPU (needs CUDA)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a BenchConfig field, e.g. --set videos=128 (repeatable)")
+    args = parser.parse_args(argv)
+    base = tiny() if args.tiny else quick() if args.quick else BenchConfig()
+    cfg = recipes.apply_overrides(base, args.set)
+    for w in cfg.workers:
+        windows = cfg.epochs * (cfg.videos // (w * cfg.batch_size) // cfg.log_every_n_steps)
+        if windows < 2:
+            parser.error(f"{w} workers get {windows} logging windows each; at least 2 are needed (the first is "
+                         f"the warm-up): raise videos or epochs, or lower batch_size or log_every_n_steps")
+    return cfg, args.data, args.gpu
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg, data_dir, gpu = parse_config(argv)
+    os.environ.pop("RAY_ADDRESS", None)  # never join the lead's `ray start` cluster: see the docstring
+    if __name__ != "__main__":  # imported (e.g. by a test): Ray workers cannot import bench/ by name
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    started, load_start = time.time(), load1()
+    machine = machine_info()
+    # Ray forwards worker stdout to ours; stdout carries only the JSON object.
+    with tempfile.TemporaryDirectory(prefix="vidray-bench-train-") as tmp, contextlib.redirect_stdout(sys.stderr):
+        report = run(cfg, Path(tmp), Path(data_dir or Path(tmp) / "data"), gpu)
+    report = {"benchmark": "bench/train.py", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "command": " ".join(["python", "bench/train.py", *(sys.argv[1:] if argv is None else argv)]),
+              "variant": cfg.variant, **report,
+              "machine": {**machine, "load_avg_start": load_start, "load_avg_end": load1()},
+              "wall_s": round(time.time() - started, 1)}
+    print(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
