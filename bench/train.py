@@ -30,13 +30,13 @@ sample) and ``data_wait_frac`` (share of the window before each batch arrived). 
 Train V2 keeps only the last report (``Result.metrics``) and the checkpointed ones
 (``metrics_dataframe``), so the method builder installs a tap on ``ray.train.report``
 in each worker that copies every report, and how long the call took, to a
-:class:`ReportLog` actor (no MLflow). The loop books that call as data wait of the next
-window, and in Ray 2.60 it is not free: each worker's report queue holds one report
+:class:`ReportLog` actor (no MLflow). The loop leaves that call out of its windows
+(it restarts its timer after a report), and in Ray 2.60 it is not free: each worker's report queue holds one report
 and the controller drains it every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s), so a
 report that comes less than ~2 s after the previous one blocks. Hence two views:
-``clips_per_s`` / ``data_wait_frac`` as the loop measures them (what training gets
-with this logging cadence), and ``*_excl_report`` with the report calls removed
-(``report_frac`` is their share). The first window of each worker is the warm-up and
+``*_excl_report`` as the loop measures them, and ``clips_per_s`` / ``data_wait_frac``
+with the report calls added back as waiting (what training gets with this logging
+cadence; ``report_frac`` is their share). The first window of each worker is the warm-up and
 is dropped; the later first windows of each epoch are kept, since restarting the
 pipeline per epoch is a real cost. Figures are summed over windows, then averaged
 over ranks. ``ratios`` compare runs of this process only; compare ratios across
@@ -219,8 +219,8 @@ def windows_of(rows: list[dict], rank: int, *, world: int, batch_size: int, step
 
     The loop's window time is ``world * clips / clips_per_s``; its clips are the steps since
     the previous window or the epoch's start (the loop restarts its timer every epoch).
-    The ``ray.train.report`` call that closed the previous window of the same epoch runs
-    after the loop's timestamp, so the loop counts it as data wait of this window.
+    The ``ray.train.report`` call that closed the previous window of the same epoch is
+    outside the loop's windows; it is attributed to this window as ``report_s``.
     """
     reports = sorted((r for r in rows if r["rank"] == rank), key=lambda r: (r["step"], "clips_per_s" not in r))
     out, prev_step, prev_report = [], 0, 0.0
@@ -241,9 +241,9 @@ def summarise(rows: list[dict], *, world: int, batch_size: int, steps_per_epoch:
               skip: int = 1) -> dict[str, Any]:
     """Steady-state figures over every rank's windows after the first ``skip`` (the warm-up).
 
-    ``clips_per_s`` and ``data_wait_frac`` are the loop's own definitions; the ``_excl_report``
-    pair removes the time spent inside ``ray.train.report`` (``report_frac``), which the
-    loop books as data wait. Figures are averaged over ranks (each rank's clips/s already
+    The ``_excl_report`` pair is the loop's own figures; ``clips_per_s`` and
+    ``data_wait_frac`` add the time spent inside ``ray.train.report`` (``report_frac``) back,
+    as waiting. Figures are averaged over ranks (each rank's clips/s already
     counts all ranks: world size x its clips over its time).
 
     Raises:
@@ -257,9 +257,10 @@ def summarise(rows: list[dict], *, world: int, batch_size: int, steps_per_epoch:
             raise RuntimeError(f"rank {rank}: {len(windows)} logging windows, none after the first {skip}")
         clips, t = sum(w["clips"] for w in kept), sum(w["seconds"] for w in kept)
         wait, rep = sum(w["wait_s"] for w in kept), sum(w["report_s"] for w in kept)
-        per_rank.append({"clips_per_s": world * clips / t, "data_wait_frac": wait / t, "report_frac": rep / t,
-                         "clips_per_s_excl_report": world * clips / (t - rep),
-                         "data_wait_frac_excl_report": (wait - rep) / (t - rep), "windows": len(kept),
+        wall = t + rep  # the loop restarts its window timer after a report: add the calls back
+        per_rank.append({"clips_per_s": world * clips / wall, "data_wait_frac": (wait + rep) / wall,
+                         "report_frac": rep / wall, "clips_per_s_excl_report": world * clips / t,
+                         "data_wait_frac_excl_report": wait / t, "windows": len(kept),
                          "clips_per_rank": clips,
                          "warm_up_clips_per_s": [round(world * w["clips"] / w["seconds"], 2) for w in windows[:skip]],
                          "window_clips_per_s": [round(world * w["clips"] / w["seconds"], 2) for w in kept]})
