@@ -369,28 +369,14 @@ class RunLogger:
         """Flush everything and mark the run ``status``; returns whether all data was delivered."""
         if not self.enabled or self._run_name is None:
             return True
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        delivered = self.flush()
+        delivered = self._drain()
         if delivered and self.run_id:
             try:
                 self._mlflow().set_terminated(self.run_id, status)
             except Exception as exc:  # noqa: BLE001 - reported, never raised into training
                 log.error("could not mark MLflow run %s %s: %s", self.run_id, status, redact_value(str(exc)))
                 delivered = False
-        if not delivered:
-            self._spill(everything=True)
-            log.error("MLflow run %s (%s): %d metrics and %d artifacts not delivered; metrics kept in %s, "
-                      "artifacts in %s", self.run_id, self._run_name, self._spilled, len(self._artifacts),
-                      self.spill_path, self._staging_dir)
-        if self._staging_dir and not self._artifacts:
-            shutil.rmtree(self._staging_dir, ignore_errors=True)
-        self._staging_dir = None
-        self._run_name = None
-        atexit.unregister(self._at_exit)
-        return delivered
+        return self._close(delivered)
 
     def detach(self) -> bool:
         """Deliver what is buffered and stop logging, leaving the run's status to its owner.
@@ -400,15 +386,26 @@ class RunLogger:
         """
         if not self.enabled or self._run_name is None:
             return True
+        return self._close(self._drain())
+
+    def _drain(self) -> bool:
+        """Stop the flush thread and try one last delivery."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        delivered = self.flush()
+        return self.flush()
+
+    def _close(self, delivered: bool) -> bool:
+        """Spill what was not delivered (and say where), clean up, stop being a logger of this run."""
         if not delivered:
             self._spill(everything=True)
-            log.error("MLflow run %s: %d metrics not delivered; kept in %s", self.run_id, self._spilled,
-                      self.spill_path)
+            log.error("MLflow run %s (%s): %d metrics and %d artifacts not delivered; metrics kept in %s, "
+                      "artifacts in %s", self.run_id, self._run_name, self._spilled, len(self._artifacts),
+                      self.spill_path, self._staging_dir)
+        if self._staging_dir and not self._artifacts:
+            shutil.rmtree(self._staging_dir, ignore_errors=True)
+        self._staging_dir = None
         self._run_name = None
         atexit.unregister(self._at_exit)
         return delivered

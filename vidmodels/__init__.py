@@ -1,4 +1,4 @@
-"""vidmodels: the model zoo of vidray (pure PyTorch; no Ray, MLflow or torch.distributed).
+"""vidmodels: the model zoo of vidray (pure PyTorch; no Ray or MLflow; process-group code only in dist.py).
 
 Usage::
 

@@ -70,7 +70,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 def rank_results(tmp_path_factory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("gloo")
     mp.spawn(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=True)
-    return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 def test_helpers_are_identities_without_a_process_group() -> None:
