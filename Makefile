@@ -28,8 +28,12 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 
+# Each benchmark prints one JSON object; figures and their context are in bench/RESULTS.md.
 bench: install
-	$(PY) bench/decoders.py
+	$(PY) bench/decoders.py --quick
+	$(PY) bench/flow.py --quick
+	$(PY) bench/pipeline.py --quick
+	$(PY) bench/train.py --quick
 
 clean:
 	rm -rf $(DATA) mlruns mlflow.db .pytest_cache
