@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import uuid
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -195,6 +196,7 @@ class EvalConfig:
     linear_epochs: int = 300
     finetune_epochs: int = 10
     seed: int = 0
+    storage_path: str = "data/runs"   # finetune checkpoints (a fresh run name every time)
 
 
 def eval_dataset(cfg: EvalConfig, split: str):
@@ -254,8 +256,9 @@ def finetune(backbone: str, state: dict | None, cfg: EvalConfig, num_classes: in
     builder = functools.partial(_build_classifier, backbone, num_classes, state)
     result = fit(build_method=builder, datasets={"train": pipe.dataset},
                  optim=OptimConfig(lr=1e-4, weight_decay=1e-3, schedule="cosine"), loop=loop, num_workers=1,
-                 use_gpu=False, cpus_per_worker=0.5, run_name=f"finetune-{backbone}-{cfg.seed}-{id(state)}",
-                 storage_path=os.path.abspath("data/runs"), steps_per_epoch=max(1, videos // cfg.batch_size))
+                 use_gpu=False, cpus_per_worker=0.5, run_name=f"finetune-{backbone}-{uuid.uuid4().hex[:8]}",
+                 storage_path=os.path.abspath(cfg.storage_path) if "://" not in cfg.storage_path
+                 else cfg.storage_path, steps_per_epoch=max(1, videos // cfg.batch_size))
     if result.error:
         raise result.error
     model = _build_classifier(backbone, num_classes, None)
