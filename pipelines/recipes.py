@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterable, Literal
 import numpy as np
 
 from pipelines import augment, sampling
+from pipelines.config import apply_overrides
 from pipelines.probe import MediaError
 from pipelines.sampling import ShortRule
 from pipelines.volume_aug import VolumeAugConfig, VolumeParams, params_to_columns
@@ -153,8 +154,11 @@ def debug(cfg: RecipeConfig) -> RecipeConfig:
 def recipe(name: str | RecipeConfig, *, debug_size: bool = False, overrides: Iterable[str] = ()) -> RecipeConfig:
     """A named preset (or a given config), optionally at debug size, with dotted overrides.
 
+    Overrides are typed by the fields (``clip_len=8``, ``augment.out_size=64``); see
+    :func:`pipelines.config.apply_overrides`.
+
     Raises:
-        ValueError: unknown recipe name or override.
+        ValueError: unknown recipe name or override (``ConfigError`` is a ``ValueError``).
     """
     if isinstance(name, RecipeConfig):
         cfg = name
@@ -165,35 +169,6 @@ def recipe(name: str | RecipeConfig, *, debug_size: bool = False, overrides: Ite
     if debug_size:
         cfg = debug(cfg)
     return apply_overrides(cfg, overrides)
-
-
-def apply_overrides(cfg: Any, overrides: Iterable[str]) -> Any:
-    """``["clip_len=8", "augment.out_size=64"]`` applied to nested frozen dataclasses.
-
-    Values are parsed as JSON (lists become tuples), else kept as strings.
-
-    Raises:
-        ValueError: a malformed item or an unknown field.
-    """
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not NAME=VALUE")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        cfg = _set(cfg, key.strip().split("."), tuple(value) if isinstance(value, list) else value)
-    return cfg
-
-
-def _set(obj: Any, path: list[str], value: Any) -> Any:
-    names = {f.name for f in dataclasses.fields(obj)}
-    if path[0] not in names:
-        raise ValueError(f"{type(obj).__name__} has no field {path[0]!r} (fields: {sorted(names)})")
-    if len(path) > 1:
-        value = _set(getattr(obj, path[0]), path[1:], value)
-    return dataclasses.replace(obj, **{path[0]: value})
 
 
 def to_dict(cfg: RecipeConfig) -> dict[str, Any]:
