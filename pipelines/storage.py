@@ -216,6 +216,22 @@ def remove(url: str) -> None:
     retry(lambda: fs.rm(path), what=f"remove {url}")
 
 
+@contextlib.contextmanager
+def _atomic_local(path: str) -> Iterator[Any]:
+    """A binary file that appears at ``path`` only whole: written to a sibling, synced, renamed."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def write_bytes(url: str, data: bytes) -> None:
     """Write ``data`` atomically: readers see the old object or the whole new one.
 
@@ -224,17 +240,8 @@ def write_bytes(url: str, data: bytes) -> None:
     """
     fs, path = get_fs(url)
     if protocol(url) == "file":
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with _atomic_local(path) as f:
+            f.write(data)
         return
     retry(lambda: fs.pipe_file(path, data), what=f"write {url}")
 
@@ -243,16 +250,9 @@ def put_file(local_path: str, url: str) -> None:
     """Copy a local file to ``url`` (atomically for local destinations)."""
     fs, path = get_fs(url)
     if protocol(url) == "file":
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(local_path, "rb") as src, open(tmp, "wb") as dst:
-                while chunk := src.read(HASH_CHUNK):
-                    dst.write(chunk)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with open(local_path, "rb") as src, _atomic_local(path) as dst:
+            while chunk := src.read(HASH_CHUNK):
+                dst.write(chunk)
         return
     retry(lambda: fs.put_file(local_path, path), what=f"upload {url}")
 

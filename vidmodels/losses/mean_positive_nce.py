@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from vidmodels.losses.positive_mask import check_positive_mask
+
 __all__ = ["mean_positive_nce"]
 
 
@@ -31,13 +33,9 @@ def mean_positive_nce(logits_BN: torch.Tensor, pos_mask_BN: torch.Tensor) -> tor
     Raises:
         ValueError: If the shapes differ or a row has no positive.
     """
-    if logits_BN.shape != pos_mask_BN.shape or logits_BN.ndim != 2:
-        raise ValueError(f"shapes disagree: logits {tuple(logits_BN.shape)}, mask {tuple(pos_mask_BN.shape)}")
-    pos_BN = pos_mask_BN.to(logits_BN.dtype)
-    num_pos_B = pos_BN.sum(dim=1)
-    if not bool((num_pos_B > 0).all()):
-        raise ValueError("every row needs at least one positive")
+    pos_mask_BN = check_positive_mask(logits_BN, pos_mask_BN)
+    num_pos_B = pos_mask_BN.to(logits_BN.dtype).sum(dim=1)
     log_prob_BN = torch.log_softmax(logits_BN, dim=1)
     # masked_fill, not a product: log_prob may be -inf where the mask is 0.
-    pos_log_prob_B = log_prob_BN.masked_fill(~pos_mask_BN.bool(), 0.0).sum(dim=1)
+    pos_log_prob_B = log_prob_BN.masked_fill(~pos_mask_BN, 0.0).sum(dim=1)
     return -(pos_log_prob_B / num_pos_B).mean()

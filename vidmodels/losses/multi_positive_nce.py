@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from vidmodels.losses.positive_mask import check_positive_mask
+
 __all__ = ["multi_positive_nce"]
 
 
@@ -31,11 +33,7 @@ def multi_positive_nce(logits_BN: torch.Tensor, pos_mask_BN: torch.Tensor) -> to
     Raises:
         ValueError: If the shapes differ or a row has no positive.
     """
-    if logits_BN.shape != pos_mask_BN.shape or logits_BN.ndim != 2:
-        raise ValueError(f"shapes disagree: logits {tuple(logits_BN.shape)}, mask {tuple(pos_mask_BN.shape)}")
-    pos_mask_BN = pos_mask_BN.bool()
-    if not bool(pos_mask_BN.any(dim=1).all()):
-        raise ValueError("every row needs at least one positive")
+    pos_mask_BN = check_positive_mask(logits_BN, pos_mask_BN)
     log_pos_B = torch.logsumexp(logits_BN.masked_fill(~pos_mask_BN, float("-inf")), dim=1)
     log_all_B = torch.logsumexp(logits_BN, dim=1)
     return (log_all_B - log_pos_B).mean()

@@ -64,3 +64,17 @@ def label_positive_mask(labels_B: torch.Tensor, queue_labels_N: torch.Tensor) ->
     """
     same_BN = labels_B[:, None] == queue_labels_N[None, :]
     return same_BN & (labels_B[:, None] >= 0) & (queue_labels_N[None, :] >= 0)
+
+
+def check_positive_mask(logits_BN: torch.Tensor, pos_mask_BN: torch.Tensor) -> torch.Tensor:
+    """Validate a (logits, positive mask) pair for the multi-positive losses; returns the mask as bool.
+
+    Raises:
+        ValueError: If the shapes differ, are not 2-D, or a row has no positive.
+    """
+    if logits_BN.shape != pos_mask_BN.shape or logits_BN.ndim != 2:
+        raise ValueError(f"shapes disagree: logits {tuple(logits_BN.shape)}, mask {tuple(pos_mask_BN.shape)}")
+    pos_mask_BN = pos_mask_BN.bool()
+    if not bool(pos_mask_BN.any(dim=1).all()):
+        raise ValueError("every row needs at least one positive")
+    return pos_mask_BN
