@@ -58,7 +58,6 @@ import logging
 import math
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -68,6 +67,8 @@ from typing import Any, Callable, Iterable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench import common  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -451,17 +452,9 @@ def decode_worker_rss(cfg: BenchConfig, manifest_dir: str, rcfg: recipes.RecipeC
 def machine_info() -> dict[str, Any]:
     import av
     import decord
-    import pyarrow
-    import ray
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    mem = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
-    return {"cpu": cpu, "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
-            "mem_gb": round(mem / 2**20, 1), "python": platform.python_version(), "platform": platform.platform(),
-            "ray": ray.__version__, "torch": torch.__version__, "pyav": av.__version__,
-            "ffmpeg_pyav": av.ffmpeg_version_info, "decord": decord.__version__, "opencv": cv2.__version__,
-            "numpy": np.__version__, "pyarrow": pyarrow.__version__}
+    return {**common.machine_info(), "pyav": av.__version__, "ffmpeg_pyav": av.ffmpeg_version_info,
+            "decord": decord.__version__}
 
 
 def goals(tp: dict[str, float], ratios: dict[str, float | None], decode: dict, rss: dict) -> dict[str, bool]:

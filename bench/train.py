@@ -60,7 +60,6 @@ import json
 import logging
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -69,6 +68,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench import common  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -486,17 +487,7 @@ def run(cfg: BenchConfig, work: Path, data: Path, gpu: bool) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    import cv2
-    import pyarrow
-    import ray
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    mem = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
-    return {"cpu": cpu, "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
-            "mem_gb": round(mem / 2**20, 1), "python": platform.python_version(), "platform": platform.platform(),
-            "ray": ray.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "pyarrow": pyarrow.__version__, "opencv": cv2.__version__, "cuda_available": torch.cuda.is_available()}
+    return common.machine_info()
 
 
 def parse_config(argv: list[str] | None) -> tuple[BenchConfig, str | None, bool]:
