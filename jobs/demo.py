@@ -12,7 +12,6 @@ store, MLflow in ``mlflow.db`` / ``mlruns/`` of the project.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import subprocess
 import sys
@@ -22,11 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.cluster import init_ray, ray_job_submit  # noqa: E402
-from pipelines.evaluate import EvalConfig, build_from_state, load_encoder, log_results, run_protocols  # noqa: E402
+from pipelines.cluster import init_ray, ray_job_submit, start_local_head  # noqa: E402
+from pipelines.evaluate import EvalConfig, compare_encoders, format_comparison  # noqa: E402
 from pipelines.flow import FlowConfig, run_flow  # noqa: E402
 from pipelines.ingest import IngestConfig, run_ingest  # noqa: E402
 from pipelines.synthetic import generate, preset  # noqa: E402
+from pipelines.tracking import git_commit  # noqa: E402
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -35,41 +35,14 @@ def step(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def start_cluster(env: dict) -> str:
-    """``ray start --head`` with token auth (a token is generated once) and a loopback dashboard."""
-    subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=False, capture_output=True)
-    subprocess.run([RAY, "stop", "--force"], env=env, check=False, capture_output=True)
-    subprocess.run([RAY, "start", "--head", "--num-cpus", str(os.cpu_count() or 2), "--dashboard-host",
-                    "127.0.0.1", "--disable-usage-stats"], env=env, check=True)
-    return "127.0.0.1:6379"
-
-
 def submit(env: dict, data: Path, variant: str) -> None:
-    runtime_env = {"env_vars": {"VIDRAY_HOME": str(ROOT), "VIDRAY_GIT_COMMIT": _git_commit()}}
+    runtime_env = {"env_vars": {"VIDRAY_HOME": str(ROOT), "VIDRAY_GIT_COMMIT": git_commit()}}
     entrypoint = ["python", "jobs/coclr.py", "--variant", variant, "--set", f"data.manifest={data / 'demo' / 'ucf101'}",
                   "--set", f"storage_path={data / 'runs'}"]
     print(f"$ ray job submit --working-dir . -- python jobs/coclr.py --variant {variant} ...", flush=True)
     out = ray_job_submit("http://127.0.0.1:8265", str(ROOT), entrypoint, runtime_env=runtime_env, env=env)
     if out.returncode != 0:
         raise SystemExit(f"the CoCLR job failed (exit {out.returncode})")
-
-
-def _git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
-
-
-def evaluate(data: Path, model: str, debug_size: bool) -> dict:
-    """Retrieval + linear probe of one encoder (``random:`` or a registry URI)."""
-    backbone, kwargs, state, run_id = load_encoder(model)
-    cfg = EvalConfig(manifest=str(data / "demo" / "ucf101"), debug_size=debug_size, num_clips=2,
-                     spatial_crops=1, linear_epochs=300)
-    results = run_protocols(functools.partial(build_from_state, backbone, kwargs, state, 0),
-                            ["retrieval", "linear"], cfg)
-    if run_id:
-        log_results(run_id, results)
-    return {"R@1": results["retrieval"]["R@1"], "R@5": results["retrieval"]["R@5"],
-            "linear_top1": results["linear"]["top1"]}
 
 
 def main(argv=None) -> int:
@@ -86,7 +59,7 @@ def main(argv=None) -> int:
     made = generate(str(data / "synthetic"), preset(args.preset), progress=sys.stderr.isatty())
     print({k: made[k] for k in ("classes", "ucf_train", "ucf_test", "charades_videos", "written", "kept")})
     step("2/6 local Ray cluster: ray start --head (token auth, dashboard on 127.0.0.1)")
-    os.environ["RAY_ADDRESS"] = start_cluster(env)
+    os.environ["RAY_ADDRESS"] = start_local_head(RAY, env)
     try:
         init_ray()
         step("3/6 ingest (UCF101- and Charades-style annotations), transcoding to GOP 8")
@@ -103,13 +76,13 @@ def main(argv=None) -> int:
         from pipelines.coclr import VARIANTS
 
         job = VARIANTS[args.variant]()
-        rows = {"random init": f"random:{job.method.backbone}",
-                "InfoNCE (rgb)": f"models:/{job.model_name}-rgb@infonce_rgb",
-                "CoCLR (rgb)": f"models:/{job.model_name}-rgb@coclr_rgb_c1"}
-        scores = {label: evaluate(data, uri, job.data.debug_size) for label, uri in rows.items()}
-        print(f"\n{'encoder':<16} {'R@1':>7} {'R@5':>7} {'linear top-1':>13}   model")
-        for label, s in scores.items():
-            print(f"{label:<16} {s['R@1']:7.2f} {s['R@5']:7.2f} {s['linear_top1']:13.2f}   {rows[label]}")
+        models = {(m, label): uri for m in ("rgb", "flow") for label, uri in (
+            ("random init", f"random:{job.method.backbone}"),
+            ("InfoNCE", f"models:/{job.model_name}-{m}@infonce_{m}"),
+            ("CoCLR", f"models:/{job.model_name}-{m}@coclr_{m}_c1"))}
+        cfg = EvalConfig(manifest=str(data / "demo" / "ucf101"), debug_size=job.data.debug_size, num_clips=2,
+                         spatial_crops=1, linear_epochs=300)
+        print("\n" + format_comparison(compare_encoders(models, cfg), num_classes=made["classes"]))
         subprocess.run([sys.executable, str(ROOT / "jobs" / "registry.py"), "list"], check=False)
         print(f"\ndemo finished in {time.time() - start:.0f}s", flush=True)
     finally:

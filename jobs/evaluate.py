@@ -3,7 +3,9 @@
 Protocols (seed 001): ``retrieval`` (R@1/5/10/20, test queries the train set),
 ``linear`` (probe on frozen multi-view features), ``finetune`` (encoder + head trained,
 multi-view test). ``--model random:<backbone>`` scores a randomly initialised encoder
-(the baseline). Results are printed as a table and logged to MLflow on the evaluated
+(the baseline; ``--set modality=flow`` for a random flow encoder). A flow encoder
+(2 input channels, e.g. ``models:/coclr-flow@coclr_flow_c1``) is scored on views of the
+manifest's flow videos. Results are printed as a table and logged to MLflow on the evaluated
 model's run (metrics ``eval/<protocol>/<metric>``, confusion matrices as artifacts).
 """
 
@@ -19,7 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.cluster import init_ray  # noqa: E402
 from pipelines.config import apply_overrides  # noqa: E402
-from pipelines.evaluate import EvalConfig, build_from_state, load_encoder, log_results, run_protocols  # noqa: E402
+from pipelines.evaluate import (  # noqa: E402
+    EvalConfig,
+    build_from_state,
+    load_encoder,
+    log_results,
+    match_modality,
+    run_protocols,
+)
 
 
 def main(argv=None) -> int:
@@ -34,6 +43,7 @@ def main(argv=None) -> int:
     protocols = [x.strip() for x in args.protocol.split(",") if x.strip()]
     init_ray()
     backbone, kwargs, state, run_id = load_encoder(args.model)
+    cfg, kwargs = match_modality(cfg, kwargs)  # a flow encoder is scored on flow views
     results = run_protocols(functools.partial(build_from_state, backbone, kwargs, state, cfg.seed), protocols,
                             cfg, backbone=backbone, state=state)
     if run_id:

@@ -71,3 +71,15 @@ def ray_job_submit(address: str, working_dir: str, entrypoint: list[str], *, run
         sys.stdout.write(out.stdout)
         sys.stderr.write(out.stderr[-20000:])
     return out
+
+
+def start_local_head(ray_bin: str, env: dict) -> str:
+    """``ray start --head`` on this machine with token auth (a token is generated once) and the
+    dashboard on 127.0.0.1; stops any Ray already running here first. Returns the GCS address."""
+    import subprocess
+
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=False, capture_output=True)
+    subprocess.run([ray_bin, "stop", "--force"], env=env, check=False, capture_output=True)
+    subprocess.run([ray_bin, "start", "--head", "--num-cpus", str(os.cpu_count() or 2), "--dashboard-host",
+                    "127.0.0.1", "--disable-usage-stats"], env=env, check=True)
+    return "127.0.0.1:6379"

@@ -380,7 +380,7 @@ def _items(table: pa.Table, cfg: RecipeConfig, split: str,
             "label": r["label"] or "", "label_index": -1 if r["label_index"] is None else r["label_index"],
             "flow_uri": r["flow_uri"] or ""}
         why = None
-        if cfg.with_flow and not r["flow_uri"]:
+        if cfg.needs_flow and not r["flow_uri"]:
             why = ("no_flow", (f"recipe {cfg.name!r} needs flow and the manifest has no flow_uri for this "
                                f"video (run jobs/flow.py, or see its stage='flow' quarantine record)"))
         elif cfg.name == "classification" and item["label_index"] < 0:

@@ -53,21 +53,28 @@ class FeatureExtractor:
         build_encoder: zero-argument callable returning the encoder (``forward`` gives
             the pooled ``(B, D)`` embedding); called once per actor.
         device: ``"cuda"`` when the actor has a GPU, else ``"cpu"``.
+        kind: ``"features"`` (unit-length view-averaged embeddings) or ``"logits"``.
+        modality: ``"rgb"`` views are ImageNet-normalised; ``"flow"`` views (the stored
+            uint8 flow encoding) are mapped to [-1, 1] and only (x, y) go in.
     """
 
     def __init__(self, build_encoder: Callable[[], torch.nn.Module], device: str = "cpu",
-                 kind: str = "features") -> None:
+                 kind: str = "features", modality: str = "rgb") -> None:
         from pipelines.train import normalize_batch
 
         self._normalize = normalize_batch
         self.device = torch.device(device)
         self.kind = kind
+        self.modality = modality
         self.encoder = build_encoder().to(self.device).eval()
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         views = torch.from_numpy(np.ascontiguousarray(batch["views"]))  # (B, V, T, H, W, 3) uint8
-        x = self._normalize({"views": views}, self.device)["views"]       # (B, V, 3, T, H, W)
+        if self.modality == "flow":  # (B, V, 2, T, H, W)
+            x = self._normalize({"flow_views": views}, self.device)["flow_views"][:, :, :2]
+        else:                        # (B, V, 3, T, H, W)
+            x = self._normalize({"views": views}, self.device)["views"]
         b, v = x.shape[:2]
         out_BVD = self.encoder(x.flatten(0, 1)).view(b, v, -1).float()
         if self.kind == "logits":  # class probabilities averaged over views (finetune protocol)
@@ -79,7 +86,8 @@ class FeatureExtractor:
 
 
 def extract_features(dataset, build_encoder: Callable[[], torch.nn.Module], *, batch_size: int = 4,
-                     concurrency: int = 1, use_gpu: bool = False, kind: str = "features") -> Features:
+                     concurrency: int = 1, use_gpu: bool = False, kind: str = "features",
+                     modality: str = "rgb") -> Features:
     """Run :class:`FeatureExtractor` over an ``eval``-recipe dataset and collect the features.
 
     ``kind="logits"``: the module outputs class logits and the result holds the
@@ -88,7 +96,8 @@ def extract_features(dataset, build_encoder: Callable[[], torch.nn.Module], *, b
     import ray.data
 
     out = dataset.map_batches(FeatureExtractor, fn_constructor_kwargs={
-        "build_encoder": build_encoder, "device": "cuda" if use_gpu else "cpu", "kind": kind},
+        "build_encoder": build_encoder, "device": "cuda" if use_gpu else "cpu", "kind": kind,
+        "modality": modality},
         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_gpus=1 if use_gpu else 0, batch_format="numpy")
     rows = out.take_all()
@@ -197,14 +206,34 @@ class EvalConfig:
     finetune_epochs: int = 10
     seed: int = 0
     storage_path: str = "data/runs"   # finetune checkpoints (a fresh run name every time)
+    modality: str = "rgb"             # "flow": views from the manifest's flow videos (a flow encoder)
+
+
+def match_modality(cfg: EvalConfig, kwargs: dict[str, Any]) -> tuple[EvalConfig, dict[str, Any]]:
+    """Make the views and the encoder agree: a 2-channel encoder is a flow encoder, and a
+    flow evaluation of a ``random:`` encoder builds it with 2 input channels.
+
+    Raises:
+        ValueError: an RGB (3-channel) encoder with ``modality="flow"`` or vice versa.
+    """
+    in_chans = kwargs.get("in_chans")
+    if in_chans is None:
+        in_chans = 2 if cfg.modality == "flow" else 3
+        kwargs = {**kwargs, "in_chans": in_chans}
+    modality = "flow" if in_chans == 2 else "rgb"
+    if cfg.modality not in ("rgb", "flow"):
+        raise ValueError(f"modality must be 'rgb' or 'flow', got {cfg.modality!r}")
+    if cfg.modality != modality and cfg.modality == "flow":
+        raise ValueError(f"modality 'flow' needs a 2-channel encoder; this one has in_chans={in_chans}")
+    return dataclasses.replace(cfg, modality=modality), kwargs
 
 
 def eval_dataset(cfg: EvalConfig, split: str):
     from pipelines import recipes
     from pipelines.dataset import build_pipeline
 
-    overrides = [f"{k}={v}" for k, v in (("num_clips", cfg.num_clips), ("spatial_crops", cfg.spatial_crops))
-                 if v is not None]
+    overrides = [f"{k}={v}" for k, v in (("num_clips", cfg.num_clips), ("spatial_crops", cfg.spatial_crops),
+                                         ("modality", cfg.modality)) if v is not None]
     recipe = recipes.recipe("eval", debug_size=cfg.debug_size, overrides=overrides)
     return build_pipeline(cfg.manifest, recipe, split, seed=cfg.seed)
 
@@ -225,15 +254,16 @@ def run_protocols(build_encoder: Callable[[], torch.nn.Module], protocols: Seque
     num_classes = max(names) + 1 if names else 0
     results: dict[str, Any] = {}
     if {"retrieval", "linear"} & set(protocols):
-        train = extract_features(eval_dataset(cfg, cfg.train_split).dataset, build_encoder,
-                                 batch_size=cfg.batch_size)
-        test = extract_features(eval_dataset(cfg, cfg.test_split).dataset, build_encoder,
-                                batch_size=cfg.batch_size)
+        train, test = (extract_features(eval_dataset(cfg, split).dataset, build_encoder, batch_size=cfg.batch_size,
+                                        modality=cfg.modality) for split in (cfg.train_split, cfg.test_split))
         if "retrieval" in protocols:
             results["retrieval"] = retrieval_recall(test, train)
         if "linear" in protocols:
             results["linear"] = linear_probe(train, test, num_classes, epochs=cfg.linear_epochs, seed=cfg.seed)
     if "finetune" in protocols:
+        if cfg.modality != "rgb":
+            raise ValueError("finetune trains on the RGB 'classification' recipe; flow encoders support "
+                             "retrieval and linear")
         results["finetune"] = finetune(backbone, state, cfg, num_classes)
     results["_class_names"] = [names.get(i, str(i)) for i in range(num_classes)]
     return results
@@ -265,8 +295,10 @@ def finetune(backbone: str, state: dict | None, cfg: EvalConfig, num_classes: in
     model.load_state_dict(load_checkpoint_state(result.checkpoint)["model"])
     probs = extract_features(eval_dataset(cfg, cfg.test_split).dataset,
                              functools.partial(_logits_module, model), batch_size=cfg.batch_size, kind="logits")
-    return classification_scores(torch.from_numpy(probs.feats_ND), torch.from_numpy(probs.label_index),
-                                 num_classes)
+    scores = classification_scores(torch.from_numpy(probs.feats_ND), torch.from_numpy(probs.label_index),
+                                   num_classes)
+    return {**scores, "train_loss": float(result.metrics.get("epoch_loss", float("nan"))),
+            "train_epochs": float(result.metrics.get("epoch", 0))}
 
 
 def _build_classifier(backbone: str, num_classes: int, state: dict | None):
@@ -292,6 +324,60 @@ def _logits_module(model):
 
 
 # ----------------------------------------------------------------------------- models and results
+
+
+def compare_encoders(models: dict[tuple[str, str], str], cfg: EvalConfig) -> list[dict[str, Any]]:
+    """Retrieval + linear probe of several encoders, each logged on its own run.
+
+    Args:
+        models: ``(modality, label) -> model URI`` (``random:<backbone>`` or ``models:/...``);
+            a flow encoder is scored on flow views (:func:`match_modality`).
+        cfg: Evaluation settings shared by every encoder (``modality`` is set per model).
+
+    Returns:
+        One row per model: ``modality``, ``label``, ``model``, ``R@1``, ``R@5``, ``linear_top1``
+        and ``mined`` (the last epoch's CoCLR mined-positive precision in %, None if the
+        run has none).
+    """
+    import functools
+
+    rows = []
+    for (modality, label), uri in models.items():
+        backbone, kwargs, state, run_id = load_encoder(uri)
+        model_cfg, kwargs = match_modality(dataclasses.replace(cfg, modality=modality), kwargs)
+        results = run_protocols(functools.partial(build_from_state, backbone, kwargs, state, cfg.seed),
+                                ["retrieval", "linear"], model_cfg)
+        if run_id:
+            log_results(run_id, results)
+        rows.append({"modality": modality, "label": label, "model": uri, "R@1": results["retrieval"]["R@1"],
+                     "R@5": results["retrieval"]["R@5"], "linear_top1": results["linear"]["top1"],
+                     "mined": _last_metric(run_id, "epoch/epoch_mined_precision", scale=100.0)})
+    return rows
+
+
+def format_comparison(rows: Sequence[dict[str, Any]], *, num_classes: int) -> str:
+    """The table :func:`compare_encoders` results are printed as."""
+    lines = [f"{'encoder':<20} {'R@1':>7} {'R@5':>7} {'linear top-1':>13} {'mined same-class':>17}   model"]
+    for r in rows:
+        mined = "" if r["mined"] is None else f"{r['mined']:.1f}"
+        lines.append(f"{r['label'] + ' (' + r['modality'] + ')':<20} {r['R@1']:7.2f} {r['R@5']:7.2f} "
+                     f"{r['linear_top1']:13.2f} {mined:>17}   {r['model']}")
+    lines.append(f"chance: R@1 and linear {100 / num_classes:.2f}. 'mined same-class': % of the positives "
+                 "CoCLR mined in the other modality that have the query's class (last epoch; labels are "
+                 "never used to mine).")
+    return "\n".join(lines)
+
+
+def _last_metric(run_id: str | None, key: str, scale: float = 1.0) -> float | None:
+    if not run_id:
+        return None
+    from mlflow import MlflowClient
+
+    from pipelines.tracking import tracking_uri
+
+    value = MlflowClient(tracking_uri=tracking_uri()).get_run(run_id).data.metrics.get(key)
+    return None if value is None else scale * value
+
 
 
 def load_encoder(model: str):

@@ -67,6 +67,9 @@ class RecipeConfig:
         spatial_crops: ``eval``: crops per window (1, 3 or 10).
         with_flow: ``coclr``: also read the aligned flow video (manifest ``flow_uri``) with the
             same indices, crop and flip as each RGB clip.
+        modality: ``eval``: read the views from the RGB video (``"rgb"``) or from its flow
+            video (``"flow"``, manifest ``flow_uri``; views hold the stored uint8 flow
+            encoding and flipped crops negate x), to evaluate a flow encoder.
         short: rule for videos shorter than a clip (see :mod:`pipelines.sampling`).
         augment: clip augmentation; ``augment.out_size`` is the crop size ``S`` of every recipe.
         volume: volume augmentations as a batch stage (``detection``); ``None`` for none.
@@ -81,6 +84,7 @@ class RecipeConfig:
     num_blocks: int = 8
     spatial_crops: int = 3
     with_flow: bool = False
+    modality: Literal["rgb", "flow"] = "rgb"
     short: ShortRule = "pad"
     augment: augment.AugmentConfig = dataclasses.field(default_factory=augment.AugmentConfig)
     volume: VolumeAugConfig | None = None
@@ -90,6 +94,11 @@ class RecipeConfig:
     @property
     def crop_size(self) -> int:
         return self.augment.out_size
+
+    @property
+    def needs_flow(self) -> bool:
+        """Whether samples read the manifest's ``flow_uri``."""
+        return self.with_flow or (self.name == "eval" and self.modality == "flow")
 
     @property
     def needs_classes(self) -> bool:
@@ -305,7 +314,8 @@ def _eval(row: dict, cfg: RecipeConfig, rng: np.random.Generator, read: Read, K:
     """``k`` windows x ``spatial_crops`` crops of frames resized to short side ``S``, decoded once."""
     idx_kT = sampling.eval_windows(row["num_frames"], num_clips=cfg.num_clips, length=cfg.clip_len,
                                    stride=cfg.stride, short=cfg.short)
-    frames = read(row["video_id"], row["uri"], idx_kT.reshape(-1))
+    is_flow = cfg.modality == "flow"
+    frames = read(row["video_id"], row["flow_uri"] if is_flow else row["uri"], idx_kT.reshape(-1))
     H, W = frames.shape[1:3]
     S, scale = cfg.crop_size, cfg.crop_size / min(frames.shape[1:3])
     rh, rw = max(S, round(H * scale)), max(S, round(W * scale))
@@ -315,7 +325,7 @@ def _eval(row: dict, cfg: RecipeConfig, rng: np.random.Generator, read: Read, K:
     for clip in frames.reshape(cfg.num_clips, cfg.clip_len, rh, rw, 3):
         for (y, x, h, w), flip in zip(boxes_S4, flips_S):
             view = clip[:, y:y + h, x:x + w]
-            views.append(view[:, :, ::-1] if flip else view)
+            views.append(augment.apply_hflip(view, flip, is_flow=is_flow))
     labels_K = np.zeros(K, np.float32)
     for s in json.loads(row["segments"]):
         labels_K[s["label_index"]] = 1.0

@@ -238,7 +238,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if clock is not None and rank == 0:
             ray.get(clock.set.remote(epoch))
         _barrier(world)
-        epoch_steps, epoch_loss, epoch_metrics = 0, 0.0, {}
+        epoch_steps, epoch_metrics, epoch_counts = 0, {}, {}
         timer, t_mark = StepTimer(), time.perf_counter()
         for batch in shard.iter_torch_batches(batch_size=loop.batch_size, drop_last=True):
             t_data = time.perf_counter()
@@ -262,9 +262,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             t_mark = t_end
             scalars = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
                        for k, v in out.items() if _is_scalar(v)}
-            epoch_loss += scalars["loss"]
-            for k, v in scalars.items():
+            for k, v in scalars.items():  # a method may report a metric on some steps only
                 epoch_metrics[k] = epoch_metrics.get(k, 0.0) + v
+                epoch_counts[k] = epoch_counts.get(k, 0) + 1
             if step % loop.log_every_n_steps == 0:
                 metrics = {**scalars, "lr": scheduler.get_last_lr()[0], "epoch": epoch, "step": step,
                            **timer.summary(world)}
@@ -279,7 +279,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 # block: that time is neither data wait nor compute of the next window.
                 t_mark = time.perf_counter()
         epoch += 1
-        means = {f"epoch_{k}": v / max(1, epoch_steps) for k, v in epoch_metrics.items()}
+        means = {f"epoch_{k}": v / epoch_counts[k] for k, v in epoch_metrics.items()}
         metrics = {**means, "epoch": epoch, "step": step, "epoch_steps": epoch_steps,
                    "lr": scheduler.get_last_lr()[0]}
         if logger:

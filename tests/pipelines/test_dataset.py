@@ -127,6 +127,35 @@ def test_rgb_and_flow_clips_share_indices_and_crop(data):
     np.testing.assert_array_equal(read_frames(rows[0]["flow_uri"], idx, backend="pyav"), expected)
 
 
+def test_eval_views_of_the_flow_video_for_flow_encoders(data):
+    """``modality=flow``: the same windows and crops, read from ``flow_uri``; a flipped crop is
+    the mirrored unflipped one with x negated (255 - x), channel 2 stays 0."""
+    over = ["spatial_crops=10", "num_clips=2"]
+    rgb = _batch(build_dataset(data["ucf"], recipes.recipe("eval", debug_size=True, overrides=over), "train"))
+    cfg = recipes.recipe("eval", debug_size=True, overrides=over + ["modality=flow"])
+    assert cfg.needs_flow
+    flow = _batch(build_dataset(data["ucf"], cfg, "train"))
+    assert list(flow["video_id"]) == list(rgb["video_id"])
+    np.testing.assert_array_equal(flow["frame_idx"], rgb["frame_idx"])
+    views = flow["views"]  # (B, 2 windows x 10 crops, T, S, S, 3)
+    assert views.shape == rgb["views"].shape and not np.array_equal(views, rgb["views"])
+    assert np.all(views[..., 2] == 0)
+    rows = manifest.read_manifest(data["ucf"]).to_pylist()
+    row = rows[int(flow["vid_index"][0])]
+    stored = read_frames(row["flow_uri"], flow["frame_idx"][0, 0])  # window 0, the stored encoding
+    H, W = stored.shape[1:3]
+    S = cfg.crop_size
+    rh, rw = max(S, round(H * S / min(H, W))), max(S, round(W * S / min(H, W)))
+    stored = augment.apply_crop(stored, augment.CropParams(0, 0, H, W, rh, rw))  # short side -> S
+    boxes, flips = sampling.spatial_crops(rh, rw, S, 10)
+    for c in range(10):
+        y, x, h, w = boxes[c]
+        expected = augment.apply_hflip(stored[:, y:y + h, x:x + w], bool(flips[c]), is_flow=True)
+        np.testing.assert_array_equal(views[0, c], expected)
+    assert flips.any() and not np.array_equal(views[0, int(np.argmax(flips))][..., 0],
+                                              views[0, 0][..., 0][:, :, ::-1])
+
+
 @pytest.fixture(scope="module")
 def messy(data, tmp_path_factory):
     """The ucf train rows plus a truncated copy, a vanished file, random bytes and a row without flow."""

@@ -235,3 +235,11 @@ def test_vidmodels_imports_no_ray_mlflow_or_distributed() -> None:
     banned = re.compile(r"^\s*(import|from)\s+(ray|mlflow|torch\.distributed)\b", re.M)
     offenders = [str(p) for p in root.rglob("*.py") if p.name != "dist.py" and banned.search(p.read_text())]
     assert offenders == []
+
+
+def test_s3d_keeps_the_reference_bn_momentum_and_debug_a_short_run_one() -> None:
+    """Full S3D: TF's decay 0.999 (momentum 1e-3); s3d_debug: 0.1, so that eval-mode outputs of a
+    run of a few hundred steps use running statistics close to the data's."""
+    momenta = {name: {m.momentum for m in vidmodels.create_backbone(name).modules()
+                      if isinstance(m, torch.nn.BatchNorm3d)} for name in ("s3d", "s3d_debug")}
+    assert momenta == {"s3d": {1e-3}, "s3d_debug": {0.1}}

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import vidmodels
 from vidmodels.losses import topk_positive_mask
 from vidmodels.methods import METHODS, CoCLR, CoCLRConfig, KeyQueue, build_method, coclr_schedule
+from vidmodels.methods.coclr import mined_precision
 
 torch.set_num_threads(1)
 
@@ -186,6 +187,21 @@ def test_mined_positives_are_topk_in_other_view_excluding_same_video() -> None:
     with_siblings.load_state_dict(model.state_dict())
     pos2, _ = with_siblings._queue_positives(vid, None, o)
     assert torch.equal(pos2, pos | same)
+
+
+def test_mined_precision_counts_same_class_mined_pairs_with_known_labels() -> None:
+    pos = torch.tensor([[1, 1, 0, 1], [0, 0, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    labels = torch.tensor([2, 5, -1])           # the third query is unlabelled: ignored
+    queue_labels = torch.tensor([2, 3, 5, -1])  # the last entry is unlabelled: ignored
+    # query 0 mined entries 0 (2: same), 1 (3: other); query 1 mined entry 2 (5: same)
+    assert float(mined_precision(pos, labels, queue_labels)) == pytest.approx(2 / 3)
+    assert mined_precision(pos, torch.tensor([-1, -1, -1]), queue_labels) is None
+    torch.manual_seed(0)
+    model = CoCLR(CoCLRConfig.debug(stage="coclr", queue_size=8, topk=3)).train()
+    with torch.no_grad():
+        outs = [model(make_batch(s, vid_offset=B * s, labels=[0, 1, 0, 1])) for s in range(3)]
+    assert "mined_precision" not in outs[1]  # no mining before the queue is full
+    assert 0.0 <= float(outs[2]["mined_precision"]) <= 1.0
 
 
 def test_k0_coclr_equals_infonce() -> None:

@@ -226,7 +226,8 @@ class CoCLR(nn.Module):
         Returns:
             ``loss`` (scalar with grad), and detached metrics: ``top1`` (argmax is a
             positive), ``num_positives`` (mean size of P per row, own key included),
-            ``mining`` (1 when CoCLR mined positives this step).
+            ``mining`` (1 when CoCLR mined positives this step), and, when mining
+            with known labels, ``mined_precision`` (:func:`mined_precision`).
         """
         cfg = self.cfg
         x_q, x_k, x_o = self._views(batch)
@@ -240,6 +241,7 @@ class CoCLR(nn.Module):
             o_BD = self.encoder_other(x_o) if self.encoder_other is not None else None
             # A copy: the enqueue below writes in place, and the loss's backward reads these.
             queue_KD = self.queue.keys.clone()
+            queue_labels_K = self.queue.labels.clone()
             pos_BK, mining = self._queue_positives(vid_B, labels_B, o_BD)
         own_B1 = torch.ones(vid_B.shape[0], 1, dtype=torch.bool, device=vid_B.device)
         pos_BN = torch.cat([own_B1, pos_BK], dim=1)
@@ -256,12 +258,17 @@ class CoCLR(nn.Module):
             self.queue.enqueue(k_BD, vid_B, labels_B)
             if self.queue_other is not None:
                 self.queue_other.enqueue(o_BD, vid_B, labels_B)
-        return {
+        out = {
             "loss": loss,
             "top1": instance_accuracy(logits_BN.detach(), pos_BN),
             "num_positives": pos_BN.sum(dim=1).float().mean(),
             "mining": torch.tensor(float(mining), device=loss.device),
         }
+        if mining and labels_B is not None:
+            precision = mined_precision(pos_BK, labels_B, queue_labels_K)
+            if precision is not None:
+                out["mined_precision"] = precision
+        return out
 
     def _encoder(self, modality: str) -> ProjectedEncoder:
         if modality == self.cfg.modality:
@@ -300,6 +307,27 @@ class CoCLR(nn.Module):
         self._encoder(modality).load_state_dict(state_dict, strict=strict)
         if modality == self.cfg.modality:
             self.encoder_k.load_state_dict(self.encoder_q.state_dict())
+
+
+@torch.no_grad()
+def mined_precision(pos_BK: torch.Tensor, labels_B: torch.Tensor, queue_labels_K: torch.Tensor) -> torch.Tensor | None:
+    """Share of mined positives whose class equals the query's (labels are never used to mine).
+
+    The diagnostic of the thesis's analysis of CoCLR's mining: how often the other
+    modality's top-K are true same-class clips. Only pairs where both labels are
+    known (``>= 0``) count; None when there is no such pair.
+
+    Args:
+        pos_BK: Mined positives over the queue (the own key is not in it).
+        labels_B: Query labels, -1 unknown.
+        queue_labels_K: Labels of the queue entries, -1 unknown.
+    """
+    known_BK = pos_BK & (labels_B[:, None] >= 0) & (queue_labels_K[None, :] >= 0)
+    n = known_BK.sum()
+    if n == 0:
+        return None
+    same_BK = labels_B[:, None] == queue_labels_K[None, :]
+    return (known_BK & same_BK).sum().float() / n
 
 
 @dataclasses.dataclass(frozen=True)
