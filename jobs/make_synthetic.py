@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                               "give byte-reproducible videos")
     p.add_argument("--fps", type=float)
     p.add_argument("--multi-videos", type=int, help="number of multi-action (Charades-style) videos")
+    p.add_argument("--clutter", type=float, help="density of static background shapes (1.0; 0 = none)")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="re-render videos that already exist")
     p.add_argument("--no-progress", action="store_true")
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("seed", "num_classes", "groups", "clips_per_group",
-                                               "frames", "fps", "multi_videos")
+                                               "frames", "fps", "multi_videos", "clutter")
                  if getattr(args, k) is not None}
     if args.size is not None:
         overrides["height"], overrides["width"] = args.size

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.synthetic import (CHARADES_HEADER, CLASSES, generate, plan_multi_action, preset,
+from pipelines.synthetic import (CHARADES_HEADER, CLASSES, generate, make_background, plan_multi_action, preset,
                                  render_clip, render_multi_action)
 
 ANNOTATIONS = ("ucf101/ucfTrainTestlist/classInd.txt", "ucf101/ucfTrainTestlist/trainlist01.txt",
@@ -186,3 +186,16 @@ def test_preset_validation():
         preset("tiny", width=65)
     with pytest.raises(ValueError):
         preset("tiny", num_classes=len(CLASSES) + 1)
+
+
+def test_clutter_controls_the_static_background_shapes():
+    """Same draws for the field and stripes, then clutter shapes: the share of pixels a shape
+    covers (differs by > 40 from the clutter-free canvas; the grain stays below) grows with it."""
+    def canvas(clutter: float) -> np.ndarray:
+        return make_background(np.random.default_rng(7), preset("tiny", clutter=clutter))
+
+    smooth = canvas(0.0)
+    covered = [float((np.abs(canvas(c) - smooth).max(-1) > 40).mean()) for c in (1.0, 3.0)]
+    assert 0.05 < covered[0] < covered[1]
+    with pytest.raises(ValueError, match="clutter"):
+        preset("tiny", clutter=-1.0)
