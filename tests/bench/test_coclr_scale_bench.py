@@ -4,6 +4,7 @@ the equal-steps InfoNCE baseline and both supervised ceilings are trained and sc
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def test_quick_run_trains_and_scores_every_phase(tmp_path_factory):
+def test_quick_run_trains_and_scores_every_phase(ray_cluster, tmp_path_factory):
     manifest = tiny_datasets(tmp_path_factory)["ucf"]  # 4 train videos with flow
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "coclr_scale.py"), "--quick", "--manifest", manifest,
                            "--batch-size", "2"], capture_output=True, text=True, timeout=900, cwd=ROOT,
-                          env={k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"})
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["samples"] == 4 and out["epochs_per_phase"] == 1
