@@ -214,16 +214,17 @@ def match_modality(cfg: EvalConfig, kwargs: dict[str, Any]) -> tuple[EvalConfig,
     flow evaluation of a ``random:`` encoder builds it with 2 input channels.
 
     Raises:
-        ValueError: an RGB (3-channel) encoder with ``modality="flow"`` or vice versa.
+        ValueError: an unknown modality, or ``modality="flow"`` with an encoder that does
+            not take 2 channels.
     """
+    if cfg.modality not in ("rgb", "flow"):
+        raise ValueError(f"modality must be 'rgb' or 'flow', got {cfg.modality!r}")
     in_chans = kwargs.get("in_chans")
     if in_chans is None:
         in_chans = 2 if cfg.modality == "flow" else 3
         kwargs = {**kwargs, "in_chans": in_chans}
     modality = "flow" if in_chans == 2 else "rgb"
-    if cfg.modality not in ("rgb", "flow"):
-        raise ValueError(f"modality must be 'rgb' or 'flow', got {cfg.modality!r}")
-    if cfg.modality != modality and cfg.modality == "flow":
+    if cfg.modality == "flow" and modality != "flow":
         raise ValueError(f"modality 'flow' needs a 2-channel encoder; this one has in_chans={in_chans}")
     return dataclasses.replace(cfg, modality=modality), kwargs
 
