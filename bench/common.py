@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from typing import Any
 
 
@@ -22,3 +23,17 @@ def machine_info() -> dict[str, Any]:
             "mem_gb": round(mem / 2**20, 1), "python": platform.python_version(), "platform": platform.platform(),
             "ray": ray.__version__, "torch": torch.__version__, "numpy": np.__version__,
             "pyarrow": pyarrow.__version__, "opencv": cv2.__version__, "cuda_available": torch.cuda.is_available()}
+
+
+def load1() -> float:
+    """The 1-minute load average, rounded: reported next to every figure on a shared machine."""
+    return round(os.getloadavg()[0], 2)
+
+
+def envelope(name: str, command: str, variant: str, report: dict[str, Any], *, machine: dict[str, Any],
+             load_start: float, started: float) -> dict[str, Any]:
+    """The JSON a benchmark prints: what ran, when, where (with the load before and after) and how long."""
+    return {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
+            "command": command, "variant": variant, **report,
+            "machine": {**machine, "load_avg_start": load_start, "load_avg_end": load1()},
+            "wall_s": round(time.time() - started, 1)}

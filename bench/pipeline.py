@@ -69,6 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import common  # noqa: E402
+from bench.common import load1  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -120,10 +121,6 @@ def tiny() -> BenchConfig:
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def load1() -> float:
-    return round(os.getloadavg()[0], 2)
 
 
 # --------------------------------------------------------------------------- data
@@ -559,10 +556,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     machine = machine_info()
     with tempfile.TemporaryDirectory(prefix="vidray-bench-pipeline-") as tmp:
         report = run(cfg, Path(data_dir or tmp))
-    report = {"benchmark": "bench/pipeline.py", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-              "command": " ".join(["python"] + sys.argv), "variant": cfg.variant, **report,
-              "machine": {**machine, "load_avg_start": load_start, "load_avg_end": load1()},
-              "wall_s": round(time.time() - started, 1)}
+    report = common.envelope("bench/pipeline.py", " ".join(["python"] + sys.argv), cfg.variant, report,
+                             machine=machine, load_start=load_start, started=started)
     print(json.dumps(report))
     return report
 

@@ -70,6 +70,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import common  # noqa: E402
+from bench.common import load1  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -117,10 +118,6 @@ def tiny() -> BenchConfig:
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def load1() -> float:
-    return round(os.getloadavg()[0], 2)
 
 
 # --------------------------------------------------------------------------- data
@@ -522,11 +519,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Ray forwards worker stdout to ours; stdout carries only the JSON object.
     with tempfile.TemporaryDirectory(prefix="vidray-bench-train-") as tmp, contextlib.redirect_stdout(sys.stderr):
         report = run(cfg, Path(tmp), Path(data_dir or Path(tmp) / "data"), gpu)
-    report = {"benchmark": "bench/train.py", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-              "command": " ".join(["python", "bench/train.py", *(sys.argv[1:] if argv is None else argv)]),
-              "variant": cfg.variant, **report,
-              "machine": {**machine, "load_avg_start": load_start, "load_avg_end": load1()},
-              "wall_s": round(time.time() - started, 1)}
+    command = " ".join(["python", "bench/train.py", *(sys.argv[1:] if argv is None else argv)])
+    report = common.envelope("bench/train.py", command, cfg.variant, report, machine=machine,
+                             load_start=load_start, started=started)
     print(json.dumps(report))
     return report
 

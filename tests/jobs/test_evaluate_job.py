@@ -3,9 +3,7 @@ multi-view averaging of the protocols."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,15 +11,12 @@ import torch
 
 from pipelines.evaluate import EvalConfig, FeatureExtractor, format_comparison, match_modality
 from tests.pipelines.test_dataset import tiny_datasets
+from tests.scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _job():
-    spec = importlib.util.spec_from_file_location("evaluate_job", ROOT / "jobs" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("jobs/evaluate.py")
 
 
 class _Fixed(torch.nn.Module):

@@ -1,6 +1,5 @@
 """``jobs/flow.py`` on a tiny ingested dataset, in-process on the session's embedded Ray cluster."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,16 +8,13 @@ import pytest
 from pipelines import flow, manifest, storage
 from pipelines.ingest import IngestConfig, run_ingest
 from tests.media import make_video
+from tests.scripts import load_script
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _job():
-    spec = importlib.util.spec_from_file_location("flow_job", ROOT / "jobs" / "flow.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("jobs/flow.py")
 
 
 def _run(job, capsys, *args) -> tuple[int, dict]:

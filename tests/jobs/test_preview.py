@@ -1,23 +1,18 @@
 """``jobs/preview.py`` writes a readable contact sheet for every recipe (in-process, debug sizes)."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from pipelines.preview import Layout
 from tests.pipelines.test_dataset import tiny_datasets
+from tests.scripts import load_script
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _job():
-    spec = importlib.util.spec_from_file_location("preview_job", ROOT / "jobs" / "preview.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("jobs/preview.py")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
 from pathlib import Path
 
@@ -13,16 +12,13 @@ import torch
 import vidmodels
 from pipelines import tracking
 from pipelines.tracking import ModelVerificationError, RunLogger, load_registered_model, verify_model_dir
+from tests.scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[2]
 BACKBONE = "r3d_debug"
 
 
 def _registry_job():
-    spec = importlib.util.spec_from_file_location("registry_job", ROOT / "jobs" / "registry.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("jobs/registry.py")
 
 
 def _log_encoder(uri: str, tmp_path: Path, registered_name: str, fmt: str = "pt2"):
