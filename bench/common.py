@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 
 def machine_info() -> dict[str, Any]:
@@ -37,3 +38,23 @@ def envelope(name: str, command: str, variant: str, report: dict[str, Any], *, m
             "command": command, "variant": variant, **report,
             "machine": {**machine, "load_avg_start": load_start, "load_avg_end": load1()},
             "wall_s": round(time.time() - started, 1)}
+
+
+def log(msg: str) -> None:
+    """A timestamped progress line on stderr (stdout carries only the JSON object)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class PhaseTimer:
+    """``timer("name", fn)`` runs ``fn``, logs the phase and records its seconds and the load around it."""
+
+    def __init__(self) -> None:
+        self.phases: list[dict[str, Any]] = []
+
+    def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
+        log(f"phase {name}")
+        before, start = load1(), time.perf_counter()
+        out = fn()
+        self.phases.append({"phase": name, "seconds": round(time.perf_counter() - start, 1),
+                            "load_before": before, "load_after": load1()})
+        return out

@@ -69,7 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import common  # noqa: E402
-from bench.common import load1  # noqa: E402
+from bench.common import load1, log  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -117,10 +117,6 @@ def tiny() -> BenchConfig:
     """Seconds of measuring (the test): every code path, figures meaningless."""
     return dataclasses.replace(quick(), variant="tiny", videos=8, frames=24, batch_size=4, epochs=2,
                                rss_clips=60, rss_first=20)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- data
@@ -499,15 +495,7 @@ def run(cfg: BenchConfig, root: Path) -> dict[str, Any]:
 
     import ray
 
-    phases: list[dict] = []
-
-    def phase(name: str, fn: Callable[[], Any]) -> Any:
-        log(f"phase {name}")
-        before, start = load1(), time.perf_counter()
-        out = fn()
-        phases.append({"phase": name, "seconds": round(time.perf_counter() - start, 1), "load_before": before,
-                       "load_after": load1()})
-        return out
+    phase = common.PhaseTimer()
 
     init_ray(num_cpus=cfg.cores)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -526,7 +514,7 @@ def run(cfg: BenchConfig, root: Path) -> dict[str, Any]:
     return {"raw_decode_clips_per_s": c["raw"], "ray_clips_per_s": c["ray"], "dataloader_clips_per_s": c["dataloader"],
             "decode_augment_clips_per_s": c["decode_augment"], "decoded_per_used_frames": decode, "decode_worker_rss_mb": rss, "ratios": ratios,
             "goals_met": goals(c, ratios, decode, rss), "rounds_detail": tp["rounds_detail"],
-            "warm_up": tp["warm_up"], "coclr": coclr, "phases": phases,
+            "warm_up": tp["warm_up"], "coclr": coclr, "phases": phase.phases,
             "config": {**dataclasses.asdict(cfg), "recipe": "classification", "clip_shape_TSS3":
                        [cfg.clip_len, cfg.crop, cfg.crop, 3], "clips_per_measurement": tp["clips_per_measurement"],
                        "dataloader_context": "spawn", "ray_cluster_cpus": resources.get("CPU"),

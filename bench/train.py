@@ -70,7 +70,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import common  # noqa: E402
-from bench.common import load1  # noqa: E402
+from bench.common import load1, log  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -114,10 +114,6 @@ def tiny() -> BenchConfig:
     return dataclasses.replace(BenchConfig(), variant="tiny", videos=16, frames=24, batch_size=4, epochs=1,
                                log_every_n_steps=1, workers=(2,), queue_size=16, report_poll_s=0.5,
                                compute_steps=2, gpu_batch=2, gpu_steps=2)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- data
@@ -435,15 +431,7 @@ def run(cfg: BenchConfig, work: Path, data: Path, gpu: bool) -> dict[str, Any]:
 
     from pipelines.cluster import init_ray
 
-    phases: list[dict] = []
-
-    def phase(name: str, fn):
-        log(f"phase {name}")
-        before, start = load1(), time.perf_counter()
-        out = fn()
-        phases.append({"phase": name, "seconds": round(time.perf_counter() - start, 1), "load_before": before,
-                       "load_after": load1()})
-        return out
+    phase = common.PhaseTimer()
 
     if cfg.report_poll_s is not None:  # read by the Train controller, a process of the cluster started next
         os.environ[POLL_ENV] = str(cfg.report_poll_s)
@@ -473,7 +461,7 @@ def run(cfg: BenchConfig, work: Path, data: Path, gpu: bool) -> dict[str, Any]:
         "report_frac": {name: r["report_frac"] for name, r in runs.items()},
         "compute_only_clips_per_s_1_thread": compute["clips_per_s"],
         "ratios": ratios(runs, compute["clips_per_s"]),
-        "runs": runs, "compute_only": compute, "gpu": gpu_figures, "phases": phases,
+        "runs": runs, "compute_only": compute, "gpu": gpu_figures, "phases": phase.phases,
         "config": {**dataclasses.asdict(cfg), "order": [f"{k}_{w}w" for k, w in order(cfg.workers)],
                    "method": dataclasses.asdict(job.method), "recipe": "coclr (debug size)",
                    "clip_shape_TSS3": [rcfg.clip_len, rcfg.crop_size, rcfg.crop_size, 3],
