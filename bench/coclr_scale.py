@@ -33,12 +33,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine_info  # noqa: E402
-from pipelines import recipes  # noqa: E402
+from pipelines.data import recipes  # noqa: E402
 from pipelines.cluster import init_ray  # noqa: E402
-from pipelines.coclr import demo  # noqa: E402
-from pipelines.dataset import LoaderOptions, build_dataset  # noqa: E402
-from pipelines.evaluate import EvalConfig, build_from_state, run_protocols  # noqa: E402
-from pipelines.train import normalize_batch  # noqa: E402
+from pipelines.methods.coclr import demo  # noqa: E402
+from pipelines.data.dataset import LoaderOptions, build_dataset  # noqa: E402
+from pipelines.eval.protocols import EvalConfig, build_from_state, run_protocols  # noqa: E402
+from pipelines.train.runtime import normalize_batch  # noqa: E402
 from vidmodels.methods import CoCLR, coclr_schedule  # noqa: E402
 from vidmodels.methods.coclr import CoCLRPhase  # noqa: E402
 from vidmodels.methods.coclr import IN_CHANS  # noqa: E402

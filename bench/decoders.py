@@ -1,4 +1,4 @@
-"""Decoder benchmark: decord 0.6.0 vs decord2 3.4.0 vs PyAV (pipelines.video), one run.
+"""Decoder benchmark: decord 0.6.0 vs decord2 3.4.0 vs PyAV (pipelines.io.video), one run.
 
     python bench/decoders.py [--quick]
 
@@ -81,7 +81,7 @@ def make_videos(root: Path, quick: bool) -> dict:
     """Encode the test set and its reference decode; returns the worker manifest."""
     import av
 
-    from pipelines.encode import write_video
+    from pipelines.io.encode import write_video
 
     manifest = {}
     for name, (file_name, T, (H, W), kwargs) in VIDEOS.items():
@@ -165,7 +165,7 @@ def main_parent(quick: bool) -> None:
 
 
 class Decoder:
-    """Uniform calls over decord (either distribution) and pipelines.video's PyAV path."""
+    """Uniform calls over decord (either distribution) and pipelines.io.video's PyAV path."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -178,7 +178,7 @@ class Decoder:
         else:
             import av
 
-            from pipelines import video
+            from pipelines.io import video
 
             self.av, self.video, self.version = av, video, av.__version__
 

@@ -10,7 +10,7 @@ random texture panning (1.5, -0.7) px/frame while zooming 1 %/frame, a bright bl
 moving 4 px/frame, and Gaussian sensor noise (sigma 2 grey levels).
 
   speed        frames/s (flow fields/s) of TV-L1 (OpenCV defaults) and Farneback
-               (pipelines.flow.FARNEBACK_DEFAULTS) at 112x112, 128x128 and 256x340
+               (pipelines.prep.flow.FARNEBACK_DEFAULTS) at 112x112, 128x128 and 256x340
                (short side 256); ratio = tvl1 / farneback (the baseline).
   quantisation the seeds' uint8 mapping alone: error of decode(encode(flow)) vs the
                float TV-L1 flow (px), inside the +-20 px bound, and the clipped fraction.
@@ -18,7 +18,7 @@ moving 4 px/frame, and Gaussian sensor noise (sigma 2 grey levels).
                error vs the uint8 frames (grey levels) and vs the float flow (px), decode
                frames/s; ratios against the seeds' storage (JPEG frames, here MJPEG
                q=2) and against raw uint8 (H*W*3 bytes/frame). "chosen" is written by
-               pipelines.flow's own writer.
+               pipelines.prep.flow's own writer.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import flow  # noqa: E402
+from pipelines.prep import flow  # noqa: E402
 
 # name -> (codec, pix_fmt, options, gop, container suffix)
 ENCODINGS = {

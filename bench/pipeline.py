@@ -3,7 +3,7 @@
     python bench/pipeline.py [--quick | --tiny] [--data DIR] [--set videos=240 --set clip_len=32 ...]
 
 Prints ONE JSON object on stdout (progress goes to stderr). Everything is measured in
-this run on the same videos: synthetic UCF-101-style clips (:mod:`pipelines.synthetic`)
+this run on the same videos: synthetic UCF-101-style clips (:mod:`pipelines.prep.synthetic`)
 written to a temporary folder and ingested twice, once transcoded to a short GOP
 (``gop``, default 8; x264 closed GOP) and once as the long-GOP originals (x264 defaults:
 keyint 250, B-frames, i.e. one keyframe per video here). The throughput figures use the
@@ -75,8 +75,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipelines import manifest, recipes  # noqa: E402
-from pipelines.video import ReadInfo, read_frames  # noqa: E402
+from pipelines.io import manifest  # noqa: E402
+from pipelines.data import recipes  # noqa: E402
+from pipelines.io.video import ReadInfo, read_frames  # noqa: E402
 
 Sample = list[tuple[str, np.ndarray]]  # the reads of one sample: (uri, frame indices) per file
 SPLIT = "train"
@@ -124,8 +125,8 @@ def tiny() -> BenchConfig:
 
 def prepare_data(cfg: BenchConfig, root: Path) -> dict[str, str]:
     """Generate the synthetic videos and ingest them twice; returns ``{"transcoded", "long_gop"}`` dirs."""
-    from pipelines.ingest import IngestConfig, run_ingest
-    from pipelines.synthetic import generate, preset
+    from pipelines.prep.ingest import IngestConfig, run_ingest
+    from pipelines.prep.synthetic import generate, preset
 
     classes = min(12, cfg.videos)  # one group: every video is in the train split
     syn = preset("demo", num_classes=classes, groups=1, clips_per_group=math.ceil(cfg.videos / classes),
@@ -165,7 +166,7 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
 
 def items_of(manifest_dir: str, rcfg: recipes.RecipeConfig, limit: int) -> list[dict]:
     """The item rows ``build_pipeline`` turns into samples (its own private helper, so they match)."""
-    from pipelines.dataset import _items
+    from pipelines.data.dataset import _items
 
     items, excluded, _ = _items(manifest.read_manifest(manifest_dir), rcfg, SPLIT, limit)
     if excluded:
@@ -321,7 +322,7 @@ def first_clip_column(rcfg: recipes.RecipeConfig) -> str:
 
 def ray_run(cfg: BenchConfig, manifest_dir: str, rcfg: recipes.RecipeConfig, epochs: Iterable[int]) -> int:
     """Build and drain the pipeline of each epoch; raises if a sample went missing."""
-    from pipelines.dataset import LoaderOptions, build_pipeline
+    from pipelines.data.dataset import LoaderOptions, build_pipeline
 
     options = LoaderOptions(strings=False, rows_per_task=cfg.rows_per_task, backend=cfg.backend)
     key, clips = first_clip_column(rcfg), 0
@@ -406,7 +407,7 @@ def _vm_rss_mb() -> float:
 
 
 def _rss_worker(samples: list[Sample], clips: int, first: int, backend: str, conn) -> None:
-    from pipelines import video
+    from pipelines.io import video
 
     _init_worker()
     every, curve = max(first, clips // 10), []
@@ -470,7 +471,7 @@ def all_ratios(c: dict[str, float]) -> dict[str, float | None]:
 
 def coclr_section(cfg: BenchConfig, data: dict[str, str]) -> dict[str, Any]:
     """Farneback flow for the transcoded set, then the three throughput figures of ``coclr``."""
-    from pipelines.flow import FlowConfig, run_flow
+    from pipelines.prep.flow import FlowConfig, run_flow
 
     start = time.perf_counter()
     report = run_flow(FlowConfig(manifest=data["transcoded"], method="farneback"))

@@ -5,15 +5,15 @@
 Prints ONE JSON object on stdout (progress goes to stderr). Everything runs in this
 process on an embedded Ray cluster of ``cores`` CPUs (``RAY_ADDRESS`` is ignored: the
 ratios need a private cluster of known size), on synthetic UCF-101-style videos
-(:mod:`pipelines.synthetic`) ingested with a short GOP and given Farneback flow, i.e.
+(:mod:`pipelines.prep.synthetic`) ingested with a short GOP and given Farneback flow, i.e.
 the ``make demo`` data at a smaller size. Method: CoCLR's first stage (``infonce``,
 RGB) with ``CoCLRConfig.debug`` (``s3d_debug``) on the debug-size ``coclr`` recipe
-(two RGB + two flow clips of 8 x 64² per sample), trained by :func:`pipelines.train.fit`
+(two RGB + two flow clips of 8 x 64² per sample), trained by :func:`pipelines.train.runtime.fit`
 on ``workers`` in {1, 2} gloo workers of ``cpus_per_worker`` CPUs, per-worker batch
 ``batch_size``. For each worker count, one after another (order: memory 1, real 1,
 real 2, memory 2, so that each compared pair runs back to back):
 
-  real        ``fit`` on ``pipelines.coclr._dataset``'s pipeline: decode, sampling and
+  real        ``fit`` on ``pipelines.methods.coclr._dataset``'s pipeline: decode, sampling and
               augmentation in Ray Data tasks every epoch, the epoch read from an
               epoch-clock actor, exactly as ``jobs/coclr.py`` trains.
   memory      the same samples (epoch 0's) materialised once into the object store
@@ -75,8 +75,8 @@ from bench.common import load1, log  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipelines import recipes  # noqa: E402
-from pipelines.train import LoopConfig, OptimConfig, normalize_batch  # noqa: E402
+from pipelines.data import recipes  # noqa: E402
+from pipelines.train.runtime import LoopConfig, OptimConfig, normalize_batch  # noqa: E402
 from vidmodels.methods import CoCLR, CoCLRConfig  # noqa: E402
 
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # how often the Train controller collects reports
@@ -121,9 +121,9 @@ def tiny() -> BenchConfig:
 
 def prepare_data(cfg: BenchConfig, root: Path) -> str:
     """Synthetic videos -> ingest (GOP 8) -> Farneback flow; returns the dataset folder."""
-    from pipelines.flow import FlowConfig, run_flow
-    from pipelines.ingest import IngestConfig, run_ingest
-    from pipelines.synthetic import generate, preset
+    from pipelines.prep.flow import FlowConfig, run_flow
+    from pipelines.prep.ingest import IngestConfig, run_ingest
+    from pipelines.prep.synthetic import generate, preset
 
     classes = min(12, cfg.videos)  # one group: every video is in the train split
     syn = preset("demo", num_classes=classes, groups=1, clips_per_group=math.ceil(cfg.videos / classes),
@@ -139,7 +139,7 @@ def prepare_data(cfg: BenchConfig, root: Path) -> str:
 
 def job_for(cfg: BenchConfig, manifest_dir: str):
     """The ``debug``/``demo`` CoCLR job at this benchmark's size (stage 1, RGB)."""
-    from pipelines.coclr import DataConfig, demo
+    from pipelines.methods.coclr import DataConfig, demo
 
     job = demo()
     return dataclasses.replace(
@@ -202,7 +202,7 @@ def _tap_reports(report_log) -> None:
 
 def build_tapped(cfg: CoCLRConfig, report_log) -> CoCLR:
     """``build_coclr`` for ``fit``'s ``build_method``, with the report tap installed first."""
-    from pipelines.coclr import build_coclr
+    from pipelines.methods.coclr import build_coclr
 
     _tap_reports(report_log)
     return build_coclr(cfg, {})
@@ -273,7 +273,7 @@ def measure(cfg: BenchConfig, job, dataset, *, workers: int, name: str, storage:
     """One ``fit`` run; its steady-state figures, wall time and the workers' torch threads."""
     import ray
 
-    from pipelines.train import fit
+    from pipelines.train.runtime import fit
 
     report_log = ray.remote(num_cpus=0)(ReportLog).remote()
     steps = cfg.videos // (cfg.batch_size * workers)
@@ -383,8 +383,8 @@ def training_runs(cfg: BenchConfig, manifest_dir: str, storage: str, phase) -> d
     """The ``fit`` runs of :func:`order` on one pipeline and its materialised copy."""
     import ray
 
-    from pipelines.coclr import _dataset
-    from pipelines.train import epoch_clock
+    from pipelines.methods.coclr import _dataset
+    from pipelines.train.runtime import epoch_clock
 
     job = job_for(cfg, manifest_dir)
     memory = phase("materialise", lambda: _dataset(job, 0)[0].dataset.materialize())  # epoch 0's samples

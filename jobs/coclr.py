@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.cluster import init_ray  # noqa: E402
-from pipelines.coclr import VARIANTS, run_schedule  # noqa: E402
+from pipelines.methods.coclr import VARIANTS, run_schedule  # noqa: E402
 from pipelines.config import add_config_args, resolve_config, save_config  # noqa: E402
 
 

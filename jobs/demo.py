@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.cluster import init_ray, ray_job_submit, start_local_head  # noqa: E402
-from pipelines.evaluate import EvalConfig, compare_encoders, format_comparison  # noqa: E402
-from pipelines.flow import FlowConfig, run_flow  # noqa: E402
-from pipelines.ingest import IngestConfig, run_ingest  # noqa: E402
-from pipelines.synthetic import generate, preset  # noqa: E402
+from pipelines.eval.protocols import EvalConfig, compare_encoders, format_comparison  # noqa: E402
+from pipelines.prep.flow import FlowConfig, run_flow  # noqa: E402
+from pipelines.prep.ingest import IngestConfig, run_ingest  # noqa: E402
+from pipelines.prep.synthetic import generate, preset  # noqa: E402
 from pipelines.tracking import git_commit  # noqa: E402
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         step(f"5/6 CoCLR schedule as a Ray job (variant {args.variant})")
         submit(env, data, args.variant)
         step("6/6 evaluation: retrieval (test queries train) and linear probe, multi-view features")
-        from pipelines.coclr import VARIANTS
+        from pipelines.methods.coclr import VARIANTS
 
         job = VARIANTS[args.variant]()
         models = {(m, label): uri for m in ("rgb", "flow") for label, uri in (

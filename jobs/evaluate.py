@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.cluster import init_ray  # noqa: E402
 from pipelines.config import apply_overrides  # noqa: E402
-from pipelines.evaluate import (  # noqa: E402
+from pipelines.eval.protocols import (  # noqa: E402
     EvalConfig,
     build_from_state,
     load_encoder,

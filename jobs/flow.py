@@ -1,7 +1,7 @@
 """Optical flow for every manifest video: ``python jobs/flow.py --manifest URL [--method tvl1|farneback]``.
 
 Writes ``<dataset>/flow/<video_id>.mkv`` (lossless, frame-aligned with the RGB video;
-see ``pipelines/flow.py``), adds a ``flow_uri`` column to the manifest and appends
+see ``pipelines/prep/flow.py``), adds a ``flow_uri`` column to the manifest and appends
 videos that fail to ``quarantine.parquet`` with stage ``flow``. Re-running skips rows
 whose flow file exists with the right frame count and method. Exit status: 0 when
 every row got flow or was quarantined; 3 with ``--strict`` and any quarantined row;
@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.cluster import init_ray  # noqa: E402
-from pipelines.flow import BOUND, METHODS, FlowConfig, run_flow  # noqa: E402
+from pipelines.prep.flow import BOUND, METHODS, FlowConfig, run_flow  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import datasets  # noqa: E402
+from pipelines.prep import datasets  # noqa: E402
 from pipelines.cluster import init_ray  # noqa: E402
-from pipelines.ingest import IngestConfig, run_ingest  # noqa: E402
+from pipelines.prep.ingest import IngestConfig, run_ingest  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -4,7 +4,7 @@
     python jobs/make_synthetic.py --preset tiny --out /tmp/synth --seed 3 --num-classes 6
 
 Re-running with the same arguments over an existing tree keeps the videos already
-there and rewrites the (identical) annotations; see :func:`pipelines.synthetic.generate`.
+there and rewrites the (identical) annotations; see :func:`pipelines.prep.synthetic.generate`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 
-from pipelines.synthetic import PRESETS, generate, preset  # noqa: E402
+from pipelines.prep.synthetic import PRESETS, generate, preset  # noqa: E402
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -2,7 +2,7 @@
 
 Builds the recipe's dataset over the split's first ``--samples`` manifest rows (exactly
 as training would, same seed and epoch) and draws them with
-``pipelines.preview.render_contact_sheet``: rows = samples (or their streams, blocks,
+``pipelines.data.preview.render_contact_sheet``: rows = samples (or their streams, blocks,
 views), columns = frames, with labels and augmentation parameters as captions. Videos
 that fail to decode are left out and counted on stderr. Exit status: 0 with a PNG
 written; 2 when the manifest, split or recipe cannot be used; 3 when no sample decoded.
@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import storage  # noqa: E402
+from pipelines.io import storage  # noqa: E402
 from pipelines.cluster import init_ray  # noqa: E402
-from pipelines.dataset import build_pipeline  # noqa: E402
-from pipelines.preview import render_contact_sheet  # noqa: E402
-from pipelines.recipes import RECIPES, recipe  # noqa: E402
+from pipelines.data.dataset import build_pipeline  # noqa: E402
+from pipelines.data.preview import render_contact_sheet  # noqa: E402
+from pipelines.data.recipes import RECIPES, recipe  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -27,7 +27,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from pipelines import storage
+from pipelines.io import storage
 
 __all__ = [
     "ConfigError", "ScalingConfig", "add_config_args", "apply_overrides", "flatten",

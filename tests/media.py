@@ -8,7 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipelines.encode import write_video
+from pipelines.io.encode import write_video
 
 
 def numbered_frames(n: int, h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:

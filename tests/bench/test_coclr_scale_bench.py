@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipelines.test_dataset import tiny_datasets
+from tests.pipelines.data.test_dataset import tiny_datasets
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -65,7 +65,7 @@ def test_run_order_pairs_each_comparison_back_to_back():
 
 def test_compute_only_step_runs_in_bf16_on_cpu():
     """The --gpu measurement's code path (bf16 autocast), at debug size on the CPU."""
-    from pipelines import recipes
+    from pipelines.data import recipes
     from vidmodels.methods import CoCLRConfig
 
     bench = _bench()

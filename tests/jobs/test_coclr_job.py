@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.cluster import ray_job_submit
-from tests.pipelines.test_dataset import tiny_datasets
+from tests.pipelines.data.test_dataset import tiny_datasets
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

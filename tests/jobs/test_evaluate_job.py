@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.evaluate import EvalConfig, FeatureExtractor, format_comparison, match_modality
-from tests.pipelines.test_dataset import tiny_datasets
+from pipelines.eval.protocols import EvalConfig, FeatureExtractor, format_comparison, match_modality
+from tests.pipelines.data.test_dataset import tiny_datasets
 from tests.scripts import load_script
 
 

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import flow, manifest, storage
-from pipelines.ingest import IngestConfig, run_ingest
+from pipelines.prep import flow
+from pipelines.io import manifest
+from pipelines.io import storage
+from pipelines.prep.ingest import IngestConfig, run_ingest
 from tests.media import make_video
 from tests.scripts import load_script
 

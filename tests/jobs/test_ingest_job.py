@@ -14,7 +14,8 @@ from pathlib import Path
 import av
 import pytest
 
-from pipelines import manifest, storage
+from pipelines.io import manifest
+from pipelines.io import storage
 from tests.media import make_bad_files, make_video
 
 pytestmark = pytest.mark.slow

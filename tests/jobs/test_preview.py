@@ -4,8 +4,8 @@
 import pytest
 from PIL import Image
 
-from pipelines.preview import Layout
-from tests.pipelines.test_dataset import tiny_datasets
+from pipelines.data.preview import Layout
+from tests.pipelines.data.test_dataset import tiny_datasets
 from tests.scripts import load_script
 
 pytestmark = pytest.mark.slow

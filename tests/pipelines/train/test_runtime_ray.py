@@ -1,0 +1,81 @@
+"""The Ray Train runtime on 2 gloo workers: a worker killed mid-run resumes from its checkpoint,
+and a re-submitted run with the same name continues where it stopped."""
+
+import os
+import sys
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipelines.train.runtime import LoopConfig, OptimConfig, fit, load_checkpoint_state
+
+pytestmark = pytest.mark.slow
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers unpickle this module's classes
+
+
+class ToyMethod(nn.Module):
+    """Regresses the label from the mean pixel; logs every step it trains and can crash once."""
+
+    def __init__(self, log_path: str, crash_at_step: int | None) -> None:
+        super().__init__()
+        self.w = nn.Linear(1, 1)
+        self.log_path, self.crash_at_step = log_path, crash_at_step
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # part of the checkpoint
+
+    def forward(self, batch):
+        self.steps += 1
+        import ray.train
+
+        if ray.train.get_context().get_world_rank() == 0:
+            with open(self.log_path, "a") as f:
+                f.write(f"{int(self.steps)}\n")
+            marker = self.log_path + ".crashed"
+            if self.crash_at_step == int(self.steps) and not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)  # a worker dies mid-epoch
+        x = batch["rgb_0"].mean(dim=(1, 2, 3, 4)).unsqueeze(1)
+        loss = ((self.w(x).squeeze(1) - batch["label_index"].float()) ** 2).mean()
+        return {"loss": loss}
+
+
+def _build(log_path, crash_at_step):
+    return ToyMethod(log_path, crash_at_step)
+
+
+def _dataset(ray, n=16):
+    rng = np.random.default_rng(0)
+    items = [{"rgb_0": rng.integers(0, 255, (2, 4, 4, 3), dtype=np.uint8), "label_index": i % 2} for i in range(n)]
+    return ray.data.from_items(items)
+
+
+def _steps(log_path):
+    return [int(x) for x in Path(log_path).read_text().split()]
+
+
+def test_worker_crash_resumes_from_checkpoint_and_resubmission_continues(ray_cluster, tmp_path):
+    import functools
+
+    log_path = str(tmp_path / "steps.log")
+    # 16 rows / (2 workers x batch 2) = 4 steps per epoch; epoch-1 checkpoint at step 4; crash at step 6
+    kwargs = dict(optim=OptimConfig(lr=0.01), num_workers=2, use_gpu=False, cpus_per_worker=0.5,
+                  run_name="toy", storage_path=str(tmp_path / "runs"), steps_per_epoch=4)
+    result = fit(build_method=functools.partial(_build, log_path, 6), datasets={"train": _dataset(ray_cluster)},
+                 loop=LoopConfig(epochs=3, batch_size=2, log_every_n_steps=1, max_failures=1), **kwargs)
+    assert result.error is None
+    steps = _steps(log_path)
+    assert os.path.exists(log_path + ".crashed")
+    restart = steps.index(5, steps.index(6))  # after the crash at step 6, training restarted ...
+    assert steps[:6] == [1, 2, 3, 4, 5, 6] and steps[restart:] == list(range(5, 13))  # ... from step 4's checkpoint
+    state = load_checkpoint_state(result.checkpoint)
+    assert (state["epoch"], state["step"], int(state["model"]["steps"])) == (3, 12, 12)
+
+    Path(log_path).unlink()
+    again = fit(build_method=functools.partial(_build, log_path, None), datasets={"train": _dataset(ray_cluster)},
+                loop=LoopConfig(epochs=4, batch_size=2, log_every_n_steps=1, max_failures=0), **kwargs)
+    assert again.error is None
+    assert _steps(log_path) == [13, 14, 15, 16]  # the same run name resumed at epoch 3, step 12
+    assert load_checkpoint_state(again.checkpoint)["epoch"] == 4
