@@ -38,13 +38,14 @@ from pipelines.cluster import init_ray  # noqa: E402
 from pipelines.methods.coclr import demo  # noqa: E402
 from pipelines.data.dataset import LoaderOptions, build_dataset  # noqa: E402
 from pipelines.eval.protocols import EvalConfig, build_from_state, run_protocols  # noqa: E402
-from pipelines.train.runtime import normalize_batch  # noqa: E402
+from pipelines.data.normalize import normalize_batch  # noqa: E402
 from vidmodels.methods import CoCLR, coclr_schedule  # noqa: E402
 from vidmodels.methods.coclr import CoCLRPhase  # noqa: E402
 from vidmodels.methods.coclr import IN_CHANS  # noqa: E402
 from vidmodels.registry import create_backbone  # noqa: E402
 
 COLUMNS = ("rgb_0", "rgb_1", "flow_0", "flow_1", "vid_index", "label_index")
+VIDEO_COLUMNS = {"rgb_0": "rgb", "rgb_1": "rgb", "flow_0": "flow", "flow_1": "flow"}
 
 
 def materialise(manifest: str, epochs: int, seed: int) -> dict[str, np.ndarray]:
@@ -64,7 +65,7 @@ def batches(data: dict[str, np.ndarray], batch_size: int, gen: torch.Generator):
     order = torch.randperm(n, generator=gen).numpy()
     for s in range(n // batch_size):
         idx = np.sort(order[s * batch_size:(s + 1) * batch_size])
-        yield normalize_batch({k: torch.from_numpy(data[k][idx]) for k in COLUMNS}, torch.device("cpu"))
+        yield normalize_batch({k: torch.from_numpy(data[k][idx]) for k in COLUMNS}, VIDEO_COLUMNS, torch.device("cpu"))
 
 
 def score(manifest: str, backbone: str, modality: str, state: dict | None) -> dict[str, float]:

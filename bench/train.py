@@ -76,7 +76,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipelines.data import recipes  # noqa: E402
-from pipelines.train.runtime import LoopConfig, OptimConfig, normalize_batch  # noqa: E402
+from pipelines.data.normalize import normalize_batch  # noqa: E402
+from pipelines.train.loop import LoopConfig  # noqa: E402
+from pipelines.train.optim import OptimConfig  # noqa: E402
 from vidmodels.methods import CoCLR, CoCLRConfig  # noqa: E402
 
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # how often the Train controller collects reports
@@ -139,7 +141,8 @@ def prepare_data(cfg: BenchConfig, root: Path) -> str:
 
 def job_for(cfg: BenchConfig, manifest_dir: str):
     """The ``debug``/``demo`` CoCLR job at this benchmark's size (stage 1, RGB)."""
-    from pipelines.methods.coclr import DataConfig, demo
+    from pipelines.methods.coclr import demo
+    from pipelines.methods.spec import DataConfig
 
     job = demo()
     return dataclasses.replace(
@@ -201,11 +204,9 @@ def _tap_reports(report_log) -> None:
 
 
 def build_tapped(cfg: CoCLRConfig, report_log) -> CoCLR:
-    """``build_coclr`` for ``fit``'s ``build_method``, with the report tap installed first."""
-    from pipelines.methods.coclr import build_coclr
-
+    """A CoCLR method for the task's ``build_method``, with the report tap installed first."""
     _tap_reports(report_log)
-    return build_coclr(cfg, {})
+    return CoCLR(cfg)
 
 
 def windows_of(rows: list[dict], rank: int, *, world: int, batch_size: int, steps_per_epoch: int) -> list[dict]:
@@ -273,15 +274,20 @@ def measure(cfg: BenchConfig, job, dataset, *, workers: int, name: str, storage:
     """One ``fit`` run; its steady-state figures, wall time and the workers' torch threads."""
     import ray
 
+    from pipelines.config import ScalingConfig
+    from pipelines.data import recipes as recipes_mod
+    from pipelines.train.loop import TrainTask
     from pipelines.train.runtime import fit
 
     report_log = ray.remote(num_cpus=0)(ReportLog).remote()
     steps = cfg.videos // (cfg.batch_size * workers)
     before, start = load1(), time.perf_counter()
-    result = fit(build_method=functools.partial(build_tapped, job.method, report_log), datasets={"train": dataset},
-                 optim=job.optim, loop=job.loop, num_workers=workers, use_gpu=False,
-                 cpus_per_worker=cfg.cpus_per_worker, run_name=name, storage_path=storage, steps_per_epoch=steps,
-                 clock_name=clock_name)
+    rcfg = recipes_mod.recipe("coclr", debug_size=job.data.debug_size, overrides=job.data.recipe_overrides)
+    task = TrainTask(build_method=functools.partial(build_tapped, job.method, report_log),
+                     video_columns=rcfg.video_columns(), optim=job.optim, loop=job.loop, steps_per_epoch=steps,
+                     name=name, epoch_clock=clock_name)
+    result = fit(task, datasets={"train": dataset}, run_name=name, storage_path=storage,
+                 scaling=ScalingConfig(num_workers=workers, use_gpu=False, cpus_per_worker=cfg.cpus_per_worker))
     wall = time.perf_counter() - start
     if result.error:
         raise result.error
@@ -321,7 +327,7 @@ def compute_only(method_cfg: CoCLRConfig, rcfg: recipes.RecipeConfig, *, batch: 
 
     def step() -> float:
         with autocast:
-            loss = method(normalize_batch(data, device))["loss"]
+            loss = method(normalize_batch(data, rcfg.video_columns(), device))["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -383,11 +389,13 @@ def training_runs(cfg: BenchConfig, manifest_dir: str, storage: str, phase) -> d
     """The ``fit`` runs of :func:`order` on one pipeline and its materialised copy."""
     import ray
 
-    from pipelines.methods.coclr import _dataset
+    from pipelines.methods.coclr import SPEC
+    from pipelines.train.phases import _pipeline
     from pipelines.train.runtime import epoch_clock
 
     job = job_for(cfg, manifest_dir)
-    memory = phase("materialise", lambda: _dataset(job, 0)[0].dataset.materialize())  # epoch 0's samples
+    rcfg = SPEC.recipe(job, SPEC.phases(job)[0])
+    memory = phase("materialise", lambda: _pipeline(job, rcfg, epoch=0).dataset.materialize())  # epoch 0's samples
     if memory.count() != cfg.videos:
         raise RuntimeError(f"materialised {memory.count()} samples, expected {cfg.videos}")
     out = {}
@@ -400,7 +408,7 @@ def training_runs(cfg: BenchConfig, manifest_dir: str, storage: str, phase) -> d
         clock_name = f"vidray-bench-train-epoch-{os.getpid()}-{workers}"
         clock = epoch_clock(clock_name)
         try:
-            pipe, _ = _dataset(job, clock)
+            pipe = _pipeline(job, rcfg, epoch=clock)
             out[name] = phase(name, lambda: measure(cfg, job, pipe.dataset, workers=workers, name=name,
                                                     storage=storage, clock_name=clock_name))
         finally:

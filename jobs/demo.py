@@ -22,13 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.cluster import init_ray, ray_job_submit, start_local_head  # noqa: E402
-from pipelines.eval.protocols import EvalConfig, compare_encoders, format_comparison  # noqa: E402
+from pipelines.eval.protocols import EvalConfig  # noqa: E402
+from pipelines.eval.results import compare_encoders, format_comparison  # noqa: E402
+from pipelines.methods import get_method  # noqa: E402
 from pipelines.prep.flow import FlowConfig, run_flow  # noqa: E402
 from pipelines.prep.ingest import IngestConfig, run_ingest  # noqa: E402
 from pipelines.prep.synthetic import generate, preset  # noqa: E402
 from pipelines.tracking import git_commit  # noqa: E402
 
 RAY = str(Path(sys.executable).parent / "ray")
+MINED_NOTE = ("'mined same-class': % of the positives CoCLR mined in the other modality that have the query's "
+              "class (last epoch; labels are never used to mine).")
 
 
 def step(text: str) -> None:
@@ -73,16 +77,16 @@ def main(argv=None) -> int:
         step(f"5/6 CoCLR schedule as a Ray job (variant {args.variant})")
         submit(env, data, args.variant)
         step("6/6 evaluation: retrieval (test queries train) and linear probe, multi-view features")
-        from pipelines.methods.coclr import VARIANTS
-
-        job = VARIANTS[args.variant]()
+        spec = get_method("coclr")
+        job = spec.variants[args.variant]()
         models = {(m, label): uri for m in ("rgb", "flow") for label, uri in (
             ("random init", f"random:{job.method.backbone}"),
             ("InfoNCE", f"models:/{job.model_name}-{m}@infonce_{m}"),
             ("CoCLR", f"models:/{job.model_name}-{m}@coclr_{m}_c1"))}
         cfg = EvalConfig(manifest=str(data / "demo" / "ucf101"), debug_size=job.data.debug_size, num_clips=2,
                          spatial_crops=1, linear_epochs=300)
-        print("\n" + format_comparison(compare_encoders(models, cfg), num_classes=made["classes"]))
+        rows = compare_encoders(models, cfg, extra=spec.table_metrics)
+        print("\n" + format_comparison(rows, num_classes=made["classes"], notes=[MINED_NOTE]))
         subprocess.run([sys.executable, str(ROOT / "jobs" / "registry.py"), "list"], check=False)
         print(f"\ndemo finished in {time.time() - start:.0f}s", flush=True)
     finally:

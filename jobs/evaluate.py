@@ -21,14 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.cluster import init_ray  # noqa: E402
 from pipelines.config import apply_overrides  # noqa: E402
-from pipelines.eval.protocols import (  # noqa: E402
-    EvalConfig,
-    build_from_state,
-    load_encoder,
-    log_results,
-    match_modality,
-    run_protocols,
-)
+from pipelines.eval.protocols import EvalConfig, build_from_state, match_modality, run_protocols  # noqa: E402
+from pipelines.eval.results import load_encoder, log_results  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -50,7 +50,7 @@ class ScalingConfig:
 
     num_workers: int = 2
     use_gpu: bool = False
-    cpus_per_worker: int = 1
+    cpus_per_worker: float = 1.0
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -74,7 +74,6 @@ from pipelines.prep.ingest import quarantine_row
 from pipelines.io.probe import MediaError
 from pipelines.data.recipes import RecipeConfig
 from pipelines.io.video import read_frames
-from pipelines.data.volume_aug import volume_augment_batch
 
 log = logging.getLogger(__name__)
 DEFAULT_LEDGER = "vidray-quarantine-ledger"
@@ -285,9 +284,10 @@ def current_epoch(epoch) -> int:
     return epoch if isinstance(epoch, (int, np.integer)) else int(ray.get(epoch.get.remote()))
 
 
-def volume_stage(batch: dict[str, np.ndarray], *, cfg, seed: int, epoch) -> dict[str, np.ndarray]:
-    """Ray ``map_batches`` stage around :func:`volume_augment_batch`, reading the current epoch."""
-    return volume_augment_batch(batch, cfg=cfg, seed=seed, epoch=current_epoch(epoch))
+def batch_stage(batch: dict[str, np.ndarray], *, fn, kwargs: dict, seed: int, epoch) -> dict[str, np.ndarray]:
+    """Ray ``map_batches`` stage around a recipe's :class:`~pipelines.data.recipes.BatchStage`
+    function (e.g. volume augmentation), reading the current epoch."""
+    return fn(batch, seed=seed, epoch=current_epoch(epoch), **kwargs)
 
 
 def sample_stage(batch: dict[str, np.ndarray], *, cfg: RecipeConfig, seed: int, epoch,
@@ -315,8 +315,8 @@ def sample_stage(batch: dict[str, np.ndarray], *, cfg: RecipeConfig, seed: int, 
                 os._exit(70)  # the retried task skips the recorded videos
             continue
         ledger.done.remote(run, row["video_id"])
-    # Volume-augmentation columns are added by the next stage.
-    return _stack(samples, recipes.batch_schema(dataclasses.replace(cfg, volume=None), num_classes))
+    # Columns of the recipe's batch stage (e.g. volume augmentation) are added by that stage.
+    return _stack(samples, recipes.batch_schema(cfg, num_classes, with_stage=False))
 
 
 # --------------------------------------------------------------------------- building
@@ -381,12 +381,7 @@ def _items(table: pa.Table, cfg: RecipeConfig, split: str,
             [{k: s[k] for k in ("label_index", "start_s", "end_s")} for s in segments[i] or []]),
             "label": r["label"] or "", "label_index": -1 if r["label_index"] is None else r["label_index"],
             "flow_uri": r["flow_uri"] or ""}
-        why = None
-        if cfg.needs_flow and not r["flow_uri"]:
-            why = ("no_flow", (f"recipe {cfg.name!r} needs flow and the manifest has no flow_uri for this "
-                               f"video (run jobs/flow.py, or see its stage='flow' quarantine record)"))
-        elif cfg.name == "classification" and item["label_index"] < 0:
-            why = ("no_label", "recipe 'classification' needs a video label and this row has none")
+        why = cfg.exclude(item)
         if why:
             excluded.append(quarantine_row(r["uri"], "dataset", *why, video_id=r["video_id"]))
         else:
@@ -442,9 +437,10 @@ def build_pipeline(manifest_url: str, recipe: str | RecipeConfig, split: str, *,
     ds = ds.map_batches(sample_stage, batch_size=None, batch_format="numpy", num_cpus=options.num_cpus,
                         fn_kwargs=dict(cfg=cfg, seed=seed, epoch=epoch, num_classes=num_classes, run=run,
                                        ledger=ledger, options=options))
-    if cfg.volume is not None:
-        ds = ds.map_batches(volume_stage, batch_size=cfg.volume_batch_size, batch_format="numpy",
-                            num_cpus=options.num_cpus, fn_kwargs=dict(cfg=cfg.volume, seed=seed, epoch=epoch))
+    stage = cfg.batch_stage(num_classes)
+    if stage is not None:
+        ds = ds.map_batches(batch_stage, batch_size=stage.batch_size, batch_format="numpy", num_cpus=options.num_cpus,
+                            fn_kwargs=dict(fn=stage.fn, kwargs=stage.kwargs, seed=seed, epoch=epoch))
     if not options.strings:
         ds = ds.drop_columns(recipes.string_columns(cfg, num_classes))
     return VideoPipeline(ds, cfg, split, num_classes, inputs, run, ledger, manifest_url)

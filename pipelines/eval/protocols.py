@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import uuid
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pipelines.config import ScalingConfig
+from pipelines.train.optim import OptimConfig
 
 RECALL_KS = (1, 5, 10, 20)
 
@@ -60,9 +62,6 @@ class FeatureExtractor:
 
     def __init__(self, build_encoder: Callable[[], torch.nn.Module], device: str = "cpu",
                  kind: str = "features", modality: str = "rgb") -> None:
-        from pipelines.train.runtime import normalize_batch
-
-        self._normalize = normalize_batch
         self.device = torch.device(device)
         self.kind = kind
         self.modality = modality
@@ -70,11 +69,12 @@ class FeatureExtractor:
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        views = torch.from_numpy(np.ascontiguousarray(batch["views"]))  # (B, V, T, H, W, 3) uint8
-        if self.modality == "flow":  # (B, V, 2, T, H, W)
-            x = self._normalize({"flow_views": views}, self.device)["flow_views"][:, :, :2]
-        else:                        # (B, V, 3, T, H, W)
-            x = self._normalize({"views": views}, self.device)["views"]
+        from pipelines.data.normalize import normalize_video
+
+        views = torch.from_numpy(np.ascontiguousarray(batch["views"])).to(self.device)  # (B, V, T, H, W, 3) uint8
+        x = normalize_video(views, self.modality)  # (B, V, 3, T, H, W)
+        if self.modality == "flow":  # flow encoders read (x, y), not the stored zero channel
+            x = x[:, :, :2]
         b, v = x.shape[:2]
         out_BVD = self.encoder(x.flatten(0, 1)).view(b, v, -1).float()
         if self.kind == "logits":  # class probabilities averaged over views (finetune protocol)
@@ -206,6 +206,10 @@ class EvalConfig:
     finetune_epochs: int = 10
     seed: int = 0
     storage_path: str = "data/runs"   # finetune checkpoints (a fresh run name every time)
+    finetune_optim: OptimConfig = dataclasses.field(
+        default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=1e-3, schedule="cosine"))
+    finetune_scaling: ScalingConfig = dataclasses.field(
+        default_factory=lambda: ScalingConfig(num_workers=1, cpus_per_worker=0.5))
     modality: str = "rgb"             # "flow": views from the manifest's flow videos (a flow encoder)
 
 
@@ -276,7 +280,9 @@ def finetune(backbone: str, state: dict | None, cfg: EvalConfig, num_classes: in
 
     from pipelines.data import recipes
     from pipelines.data.dataset import LoaderOptions, build_pipeline
-    from pipelines.train.runtime import LoopConfig, OptimConfig, fit, load_checkpoint_state
+    from pipelines.train.checkpoint import load_checkpoint_state
+    from pipelines.train.loop import LoopConfig, TrainTask
+    from pipelines.train.runtime import fit
 
     recipe = recipes.recipe("classification", debug_size=cfg.debug_size)
     pipe = build_pipeline(cfg.manifest, recipe, cfg.train_split, seed=cfg.seed,
@@ -284,12 +290,14 @@ def finetune(backbone: str, state: dict | None, cfg: EvalConfig, num_classes: in
     videos = len(pipe.inputs) - pipe.quarantined().num_rows
     loop = LoopConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, log_every_n_steps=10,
                       seed=cfg.seed)
-    builder = functools.partial(_build_classifier, backbone, num_classes, state)
-    result = fit(build_method=builder, datasets={"train": pipe.dataset},
-                 optim=OptimConfig(lr=1e-4, weight_decay=1e-3, schedule="cosine"), loop=loop, num_workers=1,
-                 use_gpu=False, cpus_per_worker=0.5, run_name=f"finetune-{backbone}-{uuid.uuid4().hex[:8]}",
+    per_step = cfg.batch_size * cfg.finetune_scaling.num_workers
+    task = TrainTask(build_method=functools.partial(_build_classifier, backbone, num_classes, state),
+                     video_columns=recipe.video_columns(), optim=cfg.finetune_optim, loop=loop,
+                     steps_per_epoch=max(1, videos // per_step), name=f"finetune {backbone}")
+    result = fit(task, datasets={"train": pipe.dataset}, scaling=cfg.finetune_scaling,
+                 run_name=f"finetune-{backbone}-{uuid.uuid4().hex[:8]}",
                  storage_path=os.path.abspath(cfg.storage_path) if "://" not in cfg.storage_path
-                 else cfg.storage_path, steps_per_epoch=max(1, videos // cfg.batch_size))
+                 else cfg.storage_path)
     if result.error:
         raise result.error
     model = _build_classifier(backbone, num_classes, None)
@@ -322,96 +330,3 @@ class _Logits(torch.nn.Module):
 
 def _logits_module(model):
     return _Logits(model)
-
-
-# ----------------------------------------------------------------------------- models and results
-
-
-def compare_encoders(models: dict[tuple[str, str], str], cfg: EvalConfig) -> list[dict[str, Any]]:
-    """Retrieval + linear probe of several encoders, each logged on its own run.
-
-    Args:
-        models: ``(modality, label) -> model URI`` (``random:<backbone>`` or ``models:/...``);
-            a flow encoder is scored on flow views (:func:`match_modality`).
-        cfg: Evaluation settings shared by every encoder (``modality`` is set per model).
-
-    Returns:
-        One row per model: ``modality``, ``label``, ``model``, ``R@1``, ``R@5``, ``linear_top1``
-        and ``mined`` (the last epoch's CoCLR mined-positive precision in %, None if the
-        run has none).
-    """
-    import functools
-
-    rows = []
-    for (modality, label), uri in models.items():
-        backbone, kwargs, state, run_id = load_encoder(uri)
-        model_cfg, kwargs = match_modality(dataclasses.replace(cfg, modality=modality), kwargs)
-        results = run_protocols(functools.partial(build_from_state, backbone, kwargs, state, cfg.seed),
-                                ["retrieval", "linear"], model_cfg)
-        if run_id:
-            log_results(run_id, results)
-        rows.append({"modality": modality, "label": label, "model": uri, "R@1": results["retrieval"]["R@1"],
-                     "R@5": results["retrieval"]["R@5"], "linear_top1": results["linear"]["top1"],
-                     "mined": _last_metric(run_id, "epoch/epoch_mined_precision", scale=100.0)})
-    return rows
-
-
-def format_comparison(rows: Sequence[dict[str, Any]], *, num_classes: int) -> str:
-    """The table :func:`compare_encoders` results are printed as."""
-    lines = [f"{'encoder':<20} {'R@1':>7} {'R@5':>7} {'linear top-1':>13} {'mined same-class':>17}   model"]
-    for r in rows:
-        mined = "" if r["mined"] is None else f"{r['mined']:.1f}"
-        lines.append(f"{r['label'] + ' (' + r['modality'] + ')':<20} {r['R@1']:7.2f} {r['R@5']:7.2f} "
-                     f"{r['linear_top1']:13.2f} {mined:>17}   {r['model']}")
-    lines.append(f"chance: R@1 and linear {100 / num_classes:.2f}. 'mined same-class': % of the positives "
-                 "CoCLR mined in the other modality that have the query's class (last epoch; labels are "
-                 "never used to mine).")
-    return "\n".join(lines)
-
-
-def _last_metric(run_id: str | None, key: str, scale: float = 1.0) -> float | None:
-    if not run_id:
-        return None
-    from mlflow import MlflowClient
-
-    from pipelines.tracking import tracking_uri
-
-    value = MlflowClient(tracking_uri=tracking_uri()).get_run(run_id).data.metrics.get(key)
-    return None if value is None else scale * value
-
-
-
-def load_encoder(model: str):
-    """``(backbone, kwargs, state, run_id)`` of a registered model URI or ``random:<backbone>``."""
-    if model.startswith("random:"):
-        return model.split(":", 1)[1], {"num_classes": 0}, None, None
-    from mlflow import MlflowClient
-
-    from pipelines.tracking import load_registered_model, tracking_uri
-
-    module, info = load_registered_model(model)
-    name, _, ref = model[len("models:/"):].partition("@")
-    client = MlflowClient(tracking_uri=tracking_uri(), registry_uri=tracking_uri())
-    version = (client.get_model_version_by_alias(name, ref) if ref
-               else client.get_model_version(*model[len("models:/"):].split("/", 1)))
-    return info["backbone"], info.get("kwargs", {}), module.state_dict(), version.run_id
-
-
-def log_results(run_id: str, results: dict) -> None:
-    from mlflow import MlflowClient
-
-    from pipelines.tracking import tracking_uri
-
-    client = MlflowClient(tracking_uri=tracking_uri())
-    names = results["_class_names"]
-    for protocol, scores in results.items():
-        if protocol.startswith("_"):
-            continue
-        for metric, value in scores.items():
-            if isinstance(value, float):
-                client.log_metric(run_id, f"eval/{protocol}/{metric.replace('@', '_at_')}", value)
-        if "confusion" in scores:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = f"{tmp}/confusion_{protocol}.png"
-                plot_confusion(scores["confusion"], names, f"{protocol} confusion").savefig(path, dpi=100)
-                client.log_artifact(run_id, path, "eval")

@@ -1,1 +1,7 @@
-"""train"""
+"""The training runtime shared by every method.
+
+``optim`` (optimiser, parameter groups, LR schedule), ``checkpoint`` (atomic weights-only
+states), ``loop`` (the per-worker loop in small steps with hooks and report sinks),
+``runtime`` (Ray Train entry point, epoch clock, ``fit``) and ``phases`` (multi-phase
+schedules: skip/resume, encoder hand-off through MLflow, registration).
+"""

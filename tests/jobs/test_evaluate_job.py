@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.eval.protocols import EvalConfig, FeatureExtractor, format_comparison, match_modality
+from pipelines.eval.protocols import EvalConfig, FeatureExtractor, match_modality
+from pipelines.eval.results import format_comparison
 from tests.pipelines.data.test_dataset import tiny_datasets
 from tests.scripts import load_script
 
@@ -53,8 +54,10 @@ def test_match_modality():
     with pytest.raises(ValueError, match="2-channel"):
         match_modality(EvalConfig(modality="flow"), {"in_chans": 3})
     table = format_comparison([{"modality": "flow", "label": "CoCLR", "model": "m", "R@1": 50.0, "R@5": 75.0,
-                                "linear_top1": 25.0, "mined": 40.0}], num_classes=4)
+                                "linear_top1": 25.0, "extra": {"mined same-class": 40.0}}], num_classes=4,
+                              notes=["'mined same-class': ..."])
     assert "CoCLR (flow)" in table and "40.0" in table and "chance: R@1 and linear 25.00" in table
+    assert "mined same-class" in table.splitlines()[0] and table.endswith("'mined same-class': ...")
 
 
 @pytest.mark.slow

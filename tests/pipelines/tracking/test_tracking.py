@@ -126,7 +126,7 @@ def test_tracking_uri_default_and_helpers(monkeypatch, tmp_path):
     assert tracking.ray_job_id() == "raysubmit_abc"
     assert tracking.default_tags()["ray_submission_id"] == "raysubmit_abc"
     monkeypatch.delenv("VIDRAY_GIT_COMMIT", raising=False)
-    monkeypatch.setattr(tracking, "PROJECT_ROOT", Path("/"))  # no git repository there
+    monkeypatch.setattr("pipelines.tracking.store.PROJECT_ROOT", Path("/"))  # no git repository there
     assert tracking.git_commit() == "unknown"
     monkeypatch.setenv("VIDRAY_GIT_COMMIT", "abc123")
     assert tracking.git_commit() == "abc123"
@@ -255,7 +255,7 @@ def test_embedded_default_store(tmp_path, monkeypatch):
     """No MLFLOW_TRACKING_URI: sqlite under the project, artifacts in <project>/mlruns/<experiment>."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("VIDRAY_HOME", raising=False)
-    monkeypatch.setattr(tracking, "PROJECT_ROOT", tmp_path)  # stands in for the checkout
+    monkeypatch.setattr("pipelines.tracking.store.PROJECT_ROOT", tmp_path)  # stands in for the checkout
     logger = RunLogger("embedded test", spill_dir=tmp_path / "spill")
     run_id = logger.start("local", SmallConfig())
     logger.log_metrics({"loss": 0.5}, step=0)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.train.runtime import (OptimConfig, load_state, lr_factor, make_optimizer, normalize_batch, rng_state,
-                             save_state, set_rng_state)
+from pipelines.data.normalize import normalize_batch
+from pipelines.train.checkpoint import load_state, rng_state, save_state, set_rng_state
+from pipelines.train.optim import OptimConfig, lr_factor, make_optimizer
 
 
 def test_lr_schedules():
@@ -34,11 +35,18 @@ def test_normalize_batch_layout_and_ranges():
     rgb = torch.full((2, 4, 8, 8, 3), 255, dtype=torch.uint8)
     flow = torch.full((2, 4, 8, 8, 3), 128, dtype=torch.uint8)
     out = normalize_batch({"rgb_0": rgb, "flow_0": flow, "label_index": torch.tensor([1, 2]),
-                           "video_id": ["a", "b"]}, torch.device("cpu"))
+                           "video_id": ["a", "b"]}, {"rgb_0": "rgb", "flow_0": "flow"}, torch.device("cpu"))
     assert out["rgb_0"].shape == (2, 3, 4, 8, 8) and out["rgb_0"].dtype == torch.float32
     assert out["rgb_0"][0, 0].mean().item() == pytest.approx((1 - 0.485) / 0.229, rel=1e-5)
     assert out["flow_0"].abs().max().item() == pytest.approx(0.5 / 127.5, rel=1e-4)  # 128 ~ zero motion
     assert out["label_index"].tolist() == [1, 2] and out["video_id"] == ["a", "b"]
+    # only declared columns are normalised: an undeclared uint8 video stays as it is
+    raw = normalize_batch({"blocks": rgb}, {}, torch.device("cpu"))["blocks"]
+    assert raw.dtype == torch.uint8
+    with pytest.raises(ValueError, match="must be uint8"):
+        normalize_batch({"rgb": rgb.float()}, {"rgb": "rgb"}, torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        normalize_batch({"rgb": rgb}, {"rgb": "lab"}, torch.device("cpu"))
 
 
 def test_checkpoint_roundtrip_with_rng_and_weights_only(tmp_path):

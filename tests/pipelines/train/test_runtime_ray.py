@@ -1,6 +1,7 @@
 """The Ray Train runtime on 2 gloo workers: a worker killed mid-run resumes from its checkpoint,
 and a re-submitted run with the same name continues where it stopped."""
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -11,7 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.train.runtime import LoopConfig, OptimConfig, fit, load_checkpoint_state
+from pipelines.config import ScalingConfig
+from pipelines.train.checkpoint import load_checkpoint_state
+from pipelines.train.loop import LoopConfig, TrainTask
+from pipelines.train.optim import OptimConfig
+from pipelines.train.runtime import fit
 
 pytestmark = pytest.mark.slow
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers unpickle this module's classes
@@ -61,10 +66,12 @@ def test_worker_crash_resumes_from_checkpoint_and_resubmission_continues(ray_clu
 
     log_path = str(tmp_path / "steps.log")
     # 16 rows / (2 workers x batch 2) = 4 steps per epoch; epoch-1 checkpoint at step 4; crash at step 6
-    kwargs = dict(optim=OptimConfig(lr=0.01), num_workers=2, use_gpu=False, cpus_per_worker=0.5,
-                  run_name="toy", storage_path=str(tmp_path / "runs"), steps_per_epoch=4)
-    result = fit(build_method=functools.partial(_build, log_path, 6), datasets={"train": _dataset(ray_cluster)},
-                 loop=LoopConfig(epochs=3, batch_size=2, log_every_n_steps=1, max_failures=1), **kwargs)
+    kwargs = dict(scaling=ScalingConfig(num_workers=2, use_gpu=False, cpus_per_worker=0.5), run_name="toy",
+                  storage_path=str(tmp_path / "runs"))
+    task = TrainTask(build_method=functools.partial(_build, log_path, 6), video_columns={"rgb_0": "rgb"},
+                     optim=OptimConfig(lr=0.01), steps_per_epoch=4,
+                     loop=LoopConfig(epochs=3, batch_size=2, log_every_n_steps=1, max_failures=1))
+    result = fit(task, datasets={"train": _dataset(ray_cluster)}, **kwargs)
     assert result.error is None
     steps = _steps(log_path)
     assert os.path.exists(log_path + ".crashed")
@@ -74,8 +81,9 @@ def test_worker_crash_resumes_from_checkpoint_and_resubmission_continues(ray_clu
     assert (state["epoch"], state["step"], int(state["model"]["steps"])) == (3, 12, 12)
 
     Path(log_path).unlink()
-    again = fit(build_method=functools.partial(_build, log_path, None), datasets={"train": _dataset(ray_cluster)},
-                loop=LoopConfig(epochs=4, batch_size=2, log_every_n_steps=1, max_failures=0), **kwargs)
+    task = dataclasses.replace(task, build_method=functools.partial(_build, log_path, None),
+                               loop=LoopConfig(epochs=4, batch_size=2, log_every_n_steps=1, max_failures=0))
+    again = fit(task, datasets={"train": _dataset(ray_cluster)}, **kwargs)
     assert again.error is None
     assert _steps(log_path) == [13, 14, 15, 16]  # the same run name resumed at epoch 3, step 12
     assert load_checkpoint_state(again.checkpoint)["epoch"] == 4

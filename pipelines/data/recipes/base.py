@@ -1,0 +1,172 @@
+"""The recipe protocol: what one training sample is, declared once per recipe.
+
+A recipe is a frozen dataclass (its config, with ``--set`` overrides) whose methods tell
+the shared data plane everything it needs, so no shared module branches on a recipe's
+name:
+
+================  ==========================================================================
+``columns(K)``    the sample's own columns: ``name -> (dtype, per-row shape)``
+``sample(...)``   one sample from one manifest item row (pure apart from ``read``)
+``video_columns`` which columns are video and how each is normalised on the training device
+                  (:mod:`pipelines.data.normalize`: ``"rgb"`` ImageNet mean/std, ``"flow"``
+                  the stored ±20 px encoding)
+``required``      manifest columns a row must fill (``flow_uri``), with the fix to name
+``exclude(item)`` why a row cannot be used (``None`` if it can); excluded rows are counted
+``batch_stage``   an optional second Ray Data stage over whole batches (volume augmentation)
+``preview_rows``  the contact-sheet rows of one sample (:mod:`pipelines.data.preview`)
+``debug_size``    the same recipe at CPU test size (8 frames, 64 px)
+================  ==========================================================================
+
+Common columns of every recipe (``B`` rows)::
+
+    video_id: string, label: string ("" when null), label_index: int64 (-1 when null),
+    vid_index: int64 (the manifest row: a unique id per video)
+
+An item row (what ``sample`` receives) has ``video_id``, ``uri``, ``flow_uri`` ("" when
+absent), ``num_frames``, ``fps``, ``label`` ("" when null), ``label_index`` (-1 when
+null), ``segments`` (JSON list of ``{label_index, start_s, end_s}``) and ``row`` (the
+manifest row). Every random draw comes from the generator given, in a fixed order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar, NamedTuple
+
+import numpy as np
+
+from pipelines.data import augment, sampling
+from pipelines.data.sampling import ShortRule
+from pipelines.io.probe import MediaError
+
+Read = Callable[[str, str, np.ndarray], np.ndarray]
+Columns = dict[str, tuple[str, tuple[int, ...]]]
+COMMON: Columns = {"video_id": ("string", ()), "label": ("string", ()), "label_index": ("int64", ()),
+                   "vid_index": ("int64", ())}
+
+
+class Required(NamedTuple):
+    """A manifest column a recipe reads, the command that fills it, and (optionally) a function
+    ``make(manifest_url)`` that fills it, used for synthetic debug datasets."""
+
+    column: str
+    fix: str
+    make: Callable[[str], None] | None = None
+
+
+class BatchStage(NamedTuple):
+    """A Ray Data ``map_batches`` stage run after sampling: ``fn(batch, seed=, epoch=, **kwargs)``."""
+
+    fn: Callable[..., dict[str, np.ndarray]]
+    batch_size: int
+    kwargs: dict[str, Any]
+    columns: Columns  # the columns it adds
+
+
+@dataclasses.dataclass(frozen=True)
+class PreviewRow:
+    """One contact-sheet row: caption lines, frames ``(T, H, W, 3)`` uint8, a caption per frame."""
+
+    lines: list[str]
+    frames_THW3: np.ndarray
+    frame_captions: list[str]
+
+
+def media_error(kind: str, uri: str, reason: str) -> MediaError:
+    """A :class:`MediaError` naming the file (``.uri``) it is about, for the quarantine record."""
+    exc = MediaError(kind, f"{uri}: {reason}")
+    exc.uri = uri
+    return exc
+
+
+def frame_columns(T: int, max_cols: int) -> np.ndarray:
+    """At most ``max_cols`` evenly spaced frame indices of ``T`` (the sheet's columns)."""
+    return np.unique(np.linspace(0, T - 1, min(T, max_cols)).round().astype(np.int64))
+
+
+def clip_row(lines: list[str], clip_THW3: np.ndarray, idx_T: np.ndarray, max_cols: int) -> PreviewRow:
+    """A row of a clip's evenly spaced frames captioned with their source frame index."""
+    cols = frame_columns(len(idx_T), max_cols)
+    return PreviewRow(lines, clip_THW3[cols], [f"f{idx_T[c]}" for c in cols])
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeConfig:
+    """Fields every recipe has; subclasses add their own and implement the protocol.
+
+    Attributes:
+        clip_len: frames per clip (per block for block recipes).
+        stride: temporal stride between sampled frames.
+        short: rule for videos shorter than a clip (see :mod:`pipelines.data.sampling`).
+        augment: clip augmentation; ``augment.out_size`` is the crop size ``S``.
+        shuffle: permute the sample order per ``(seed, epoch)`` (off for evaluation).
+    """
+
+    name: ClassVar[str] = ""
+    needs_classes: ClassVar[bool] = False  # batches carry K-wide label tensors
+
+    clip_len: int = 32
+    stride: int = 1
+    short: ShortRule = "pad"
+    augment: augment.AugmentConfig = dataclasses.field(default_factory=augment.AugmentConfig)
+    shuffle: bool = True
+
+    @property
+    def crop_size(self) -> int:
+        return self.augment.out_size
+
+    # ---------------------------------------------------------------- the protocol
+    def columns(self, num_classes: int | None) -> Columns:
+        raise NotImplementedError
+
+    def sample(self, row: dict, rng: np.random.Generator, read: Read, num_classes: int | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def video_columns(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def preview_rows(self, batch: dict, i: int, head: str, max_cols: int, max_views: int) -> list[PreviewRow]:
+        raise NotImplementedError
+
+    def debug_size(self) -> "RecipeConfig":
+        """The same recipe at CPU test size (default: 8-frame clips at 64 px)."""
+        return dataclasses.replace(self, clip_len=8, augment=_small(self.augment))
+
+    def required(self) -> tuple[Required, ...]:
+        return ()
+
+    def exclude(self, item: dict) -> tuple[str, str] | None:
+        """``(kind, reason)`` if the recipe cannot use this item row; default: a required column is empty."""
+        for req in self.required():
+            if not item.get(req.column):
+                return (f"no_{req.column.removesuffix('_uri')}",
+                        f"recipe {self.name!r} needs {req.column} and this row has none ({req.fix})")
+        return None
+
+    def batch_stage(self, num_classes: int | None) -> BatchStage | None:
+        return None
+
+    # ---------------------------------------------------------------- derived
+    @property
+    def needs_flow(self) -> bool:
+        return any(r.column == "flow_uri" for r in self.required())
+
+    def random_clip(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``clip_len`` indices at ``stride`` from a uniformly random start in ``n`` frames."""
+        start = sampling.random_start(n, self.clip_len, self.stride, rng)
+        return sampling.clip_indices(n, start, length=self.clip_len, stride=self.stride, short=self.short)
+
+
+def _small(cfg: augment.AugmentConfig) -> augment.AugmentConfig:
+    small = dataclasses.replace(cfg, out_size=64)
+    if cfg.crop == "scale":  # keep X3D's 224/[256, 320] ratio at 64 px
+        small = dataclasses.replace(small, short_side=(73, 91))
+    return small
+
+
+def labels_caption(labels_K: np.ndarray) -> str:
+    """``c3 c7:0.4``: the classes on in a (soft) multi-hot vector, ``bg`` for none."""
+    on = np.flatnonzero(labels_K > 0.05)
+    if not len(on):
+        return "bg"
+    return " ".join(f"c{k}" if labels_K[k] > 0.95 else f"c{k}:{labels_K[k]:.1f}" for k in on)

@@ -1,0 +1,79 @@
+"""The generic trainer behind ``jobs/train.py`` and every method's alias (``jobs/coclr.py``...).
+
+``python jobs/train.py --method M --variant V [--stage S] [--set a.b=v] [--print-config]``:
+
+1. resolves the method's variant and the ``--set`` overrides (typed; unknown keys are
+   refused with a suggestion) and makes relative local paths absolute (against
+   ``VIDRAY_HOME`` when set, so a job submitted with ``--working-dir .`` reads the
+   project's data, else the current directory);
+2. checks, or for ``debug`` variants makes, the dataset every phase reads
+   (:func:`pipelines.prep.ready.ensure_dataset`), before any worker starts;
+3. connects to Ray, saves the resolved config next to the checkpoints and runs the
+   schedule (:func:`pipelines.train.phases.run_phases`), printing what was registered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from pipelines.config import add_config_args, resolve_config, save_config, to_dict
+from pipelines.io import storage
+
+
+def _absolute(url: str) -> str:
+    if storage.protocol(url) != "file" or os.path.isabs(url) or url.startswith("file://"):
+        return url
+    return os.path.join(os.environ.get("VIDRAY_HOME") or os.getcwd(), url)
+
+
+def resolve_paths(job):
+    """``data.manifest`` and ``storage_path`` as absolute local paths (URLs are kept)."""
+    data = dataclasses.replace(job.data, manifest=_absolute(job.data.manifest))
+    return dataclasses.replace(job, data=data, storage_path=_absolute(job.storage_path))
+
+
+def parser_for(method: str | None) -> argparse.ArgumentParser:
+    from pipelines.methods import METHODS, get_method
+
+    p = argparse.ArgumentParser(description="Train a registered method on Ray (one Ray Train run per phase).")
+    p.add_argument("--method", required=method is None, default=method, choices=sorted(METHODS),
+                   help="registered method")
+    if method is not None:
+        spec = get_method(method)
+        add_config_args(p, spec.variants, default="debug")
+    p.add_argument("--stage", help="run only this phase")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def main(argv: list[str] | None = None, *, method: str | None = None) -> int:
+    """Parse, prepare and run; returns the exit status."""
+    from pipelines.methods import get_method
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if method is None:  # --method first, then the method's own variants
+        method = parser_for(None).parse_known_args(argv)[0].method
+    args = parser_for(method).parse_args(argv)
+    spec = get_method(args.method)
+    job = resolve_paths(resolve_config(args))
+    if args.print_config:
+        print(json.dumps(to_dict(job), indent=2))
+        return 0
+    from pipelines.cluster import init_ray
+    from pipelines.prep.ready import ensure_dataset
+    from pipelines.train.phases import run_phases
+
+    init_ray()
+    phases = spec.schedule(job, args.stage)
+    ensure_dataset(job.data, [spec.recipe(job, p) for p in phases])
+    storage.makedirs(job.storage_path)
+    save_config(job, storage.join(job.storage_path, f"{job.run_name}.config.yaml"))
+    done = run_phases(spec, job, stage=args.stage)
+    print(f"\n{'phase':<16} {'registered model':<28} {'version':>7}  alias")
+    for row in done:
+        print(f"{row['phase']:<16} {str(row['model']):<28} {str(row['version']):>7}  {row['alias']}")
+    return 0
