@@ -21,16 +21,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.cluster import init_ray, ray_job_submit, start_local_head  # noqa: E402
+from pipelines.cluster import LocalHead, init_ray, ray_job_submit  # noqa: E402
 from pipelines.eval.protocols import EvalConfig  # noqa: E402
 from pipelines.eval.results import compare_encoders, format_comparison  # noqa: E402
 from pipelines.methods import get_method  # noqa: E402
 from pipelines.prep.flow import FlowConfig, run_flow  # noqa: E402
 from pipelines.prep.ingest import IngestConfig, run_ingest  # noqa: E402
 from pipelines.prep.synthetic import generate, preset  # noqa: E402
-from pipelines.tracking import git_commit  # noqa: E402
+from pipelines.tracking import git_commit, home  # noqa: E402
 
-RAY = str(Path(sys.executable).parent / "ray")
 MINED_NOTE = ("'mined same-class': % of the positives CoCLR mined in the other modality that have the query's "
               "class (last epoch; labels are never used to mine).")
 
@@ -39,12 +38,12 @@ def step(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def submit(env: dict, data: Path, variant: str) -> None:
-    runtime_env = {"env_vars": {"VIDRAY_HOME": str(ROOT), "VIDRAY_GIT_COMMIT": git_commit()}}
+def submit(head: LocalHead, data: Path, variant: str) -> None:
+    runtime_env = {"env_vars": {"VIDRAY_HOME": str(home()), "VIDRAY_GIT_COMMIT": git_commit()}}
     entrypoint = ["python", "jobs/coclr.py", "--variant", variant, "--set", f"data.manifest={data / 'demo' / 'ucf101'}",
                   "--set", f"storage_path={data / 'runs'}"]
     print(f"$ ray job submit --working-dir . -- python jobs/coclr.py --variant {variant} ...", flush=True)
-    out = ray_job_submit("http://127.0.0.1:8265", str(ROOT), entrypoint, runtime_env=runtime_env, env=env)
+    out = ray_job_submit(head.dashboard_url, str(ROOT), entrypoint, runtime_env=runtime_env, env=head.env)
     if out.returncode != 0:
         raise SystemExit(f"the CoCLR job failed (exit {out.returncode})")
 
@@ -54,16 +53,20 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="data", help="local folder to work in")
     p.add_argument("--preset", default="demo", help="synthetic dataset preset (tiny or demo)")
     p.add_argument("--variant", default="demo", help="jobs/coclr.py variant (demo or debug)")
-    p.add_argument("--keep-cluster", action="store_true", help="leave the Ray cluster running")
+    p.add_argument("--keep-cluster", action="store_true", help="leave the demo's Ray cluster running")
+    p.add_argument("--ray-port", type=int, default=int(os.environ.get("VIDRAY_RAY_PORT", 0)) or None,
+                   help="GCS port of the demo's own Ray head (default: a free one)")
+    p.add_argument("--dashboard-port", type=int, default=int(os.environ.get("VIDRAY_DASHBOARD_PORT", 0)) or None,
+                   help="dashboard port of the demo's own Ray head (default: a free one)")
     args = p.parse_args(argv)
     start, data = time.time(), Path(args.data).resolve()
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     step(f"1/6 synthetic motion dataset ({args.preset}) -> {data / 'synthetic'}")
     made = generate(str(data / "synthetic"), preset(args.preset), progress=sys.stderr.isatty())
     print({k: made[k] for k in ("classes", "ucf_train", "ucf_test", "charades_videos", "written", "kept")})
-    step("2/6 local Ray cluster: ray start --head (token auth, dashboard on 127.0.0.1)")
-    os.environ["RAY_ADDRESS"] = start_local_head(RAY, env)
+    step("2/6 the demo's own Ray cluster: ray start --head (own temp dir and ports, token auth, "
+         "dashboard on 127.0.0.1; other Ray clusters on this machine are left alone)")
+    head = LocalHead(gcs_port=args.ray_port, dashboard_port=args.dashboard_port).start()
+    os.environ["RAY_ADDRESS"] = head.address
     try:
         init_ray()
         step("3/6 ingest (UCF101- and Charades-style annotations), transcoding to GOP 8")
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
         f = run_flow(FlowConfig(manifest=str(data / "demo" / "ucf101"), method="farneback"))
         print(f"rows {f.rows}: computed {f.computed}, already there {f.existing}, quarantined {f.quarantined}")
         step(f"5/6 CoCLR schedule as a Ray job (variant {args.variant})")
-        submit(env, data, args.variant)
+        submit(head, data, args.variant)
         step("6/6 evaluation: retrieval (test queries train) and linear probe, multi-view features")
         spec = get_method("coclr")
         job = spec.variants[args.variant]()
@@ -93,8 +96,11 @@ def main(argv=None) -> int:
         import ray
 
         ray.shutdown()  # disconnect before the cluster goes away
-        if not args.keep_cluster:
-            subprocess.run([RAY, "stop"], env=env, check=False, capture_output=True)
+        if args.keep_cluster:
+            print(f"the demo's Ray head keeps running at {head.address} (dashboard {head.dashboard_url}); "
+                  f"stop it with: kill -- -{head.pid}", flush=True)
+        else:
+            head.stop()  # only the processes this demo started
     return 0
 
 

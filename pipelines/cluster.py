@@ -1,16 +1,42 @@
-"""Connecting to Ray: the cluster a job was submitted to, or an embedded local one.
+"""Connecting to Ray: the cluster a job was submitted to, an embedded local one, or a private head node.
 
 Security defaults (DEVELOPERS.md, rule 7): token authentication is on
 (``RAY_AUTH_MODE=token``; a local ``ray.init`` generates its own token) and the
 dashboard, when a local cluster starts one, binds to 127.0.0.1.
+
+Other people's clusters are never touched: :class:`LocalHead` starts a head node on
+free loopback ports in its own temp dir and process group, and stops only that group.
 """
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import ClassVar, Self
 
 log = logging.getLogger(__name__)
+
+LineSink = Callable[[str], None]
+"""Receives each line of a streamed ``ray job submit`` (newline included)."""
+
+# How jobs/demo.py lets a user choose the ports a LocalHead is asked for (named in PortInUseError).
+PORT_OPTIONS = {"gcs": "--ray-port or VIDRAY_RAY_PORT", "dashboard": "--dashboard-port or VIDRAY_DASHBOARD_PORT"}
+_NO_AGENT = "No available agent"
+_SUBMITTED = ("submitted successfully", "Tailing logs")  # `ray job submit` got past the submission itself
+# Ray Data progress output: tqdm bars, their "Running Dataset:" title, and the block that the
+# non-interactive progress logger (ray/data/_internal/progress/logging_progress.py) writes.
+_PROGRESS = re.compile(r"Running Dataset[: ]|\slogging_progress\.py:\d+ -- |\d+%\|[^|]*\|")
 
 
 def init_ray(*, num_cpus: int | None = None, dashboard: bool | None = None) -> None:
@@ -20,14 +46,26 @@ def init_ray(*, num_cpus: int | None = None, dashboard: bool | None = None) -> N
     it starts an embedded local cluster with ``num_cpus`` CPUs (all by default), even
     when a ``ray start`` cluster runs on this machine (set ``RAY_ADDRESS=auto`` to join it).
 
+    Ray Data progress bars are off (``RAY_DATA_DISABLE_PROGRESS_BARS=1`` and
+    ``DataContext.enable_progress_bars = False``): in a job's log, and so in a streamed
+    ``ray job submit``, they are a flood of progress blocks or carriage-return fragments.
+    Set ``VIDRAY_PROGRESS_BARS=1`` to keep them.
+
     Args:
         num_cpus: CPUs of the embedded cluster; ignored when joining a cluster.
         dashboard: start the dashboard of an embedded cluster (default: only when
             ``VIDRAY_DASHBOARD=1``; it costs start-up time and memory on a laptop).
     """
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # before ray is imported; see pipelines/__init__
+    bars = os.environ.get("VIDRAY_PROGRESS_BARS") == "1"
+    if not bars:
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # read when ray.data is imported
     import ray
 
+    if not bars:
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False  # ray.data may be imported already
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
@@ -42,44 +80,375 @@ def init_ray(*, num_cpus: int | None = None, dashboard: bool | None = None) -> N
 
 
 def ray_job_submit(address: str, working_dir: str, entrypoint: list[str], *, runtime_env: dict | None = None,
-                   env: dict | None = None, capture: bool = False, wait_for_agent_s: float = 120.0):
+                   env: Mapping[str, str] | None = None, capture: bool = False, wait_for_agent_s: float = 120.0,
+                   on_line: LineSink | None = None) -> subprocess.CompletedProcess[str]:
     """``ray job submit --address A --working-dir D [--runtime-env-json J] -- ENTRYPOINT``, the CLI path.
 
     A head node answers on its dashboard before its job agent is up ("No available agent
     to submit job"); the submission is retried until ``wait_for_agent_s`` has passed.
-    Returns the ``subprocess.CompletedProcess`` (output captured when ``capture``).
-    """
-    import json
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
 
+    With ``capture`` the output is collected and returned (tests). Otherwise it is streamed:
+    each line of stdout and stderr (merged) goes to ``on_line`` (default: this process's
+    stdout) as it arrives, so a long job shows its progress. Lines before "submitted
+    successfully" are held back until the submission got through, so a retried "No available
+    agent" error is not shown; Ray Data progress-bar lines are dropped (see :func:`init_ray`).
+
+    Returns:
+        the ``CompletedProcess`` of the last attempt; when streaming, its ``stdout`` holds the
+        last 2000 lines (stderr merged in, progress bars included) and ``stderr`` is empty.
+    """
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
            "--working-dir", working_dir]
     if runtime_env:
         cmd += ["--runtime-env-json", json.dumps(runtime_env)]
     cmd += ["--", *entrypoint]
+    run_env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}  # the CLI's own prints
     deadline = time.time() + wait_for_agent_s
     while True:
-        out = subprocess.run(cmd, env=env, cwd=working_dir, capture_output=True, text=True)
-        if out.returncode == 0 or "No available agent" not in out.stdout + out.stderr or time.time() > deadline:
-            break
+        if capture:
+            out = subprocess.run(cmd, env=run_env, cwd=working_dir, capture_output=True, text=True, check=False)
+            held = []
+        else:
+            out, held = _submit_streaming(cmd, run_env, working_dir, on_line or _to_stdout)
+        if out.returncode == 0 or _NO_AGENT not in out.stdout + out.stderr or time.time() > deadline:
+            for line in held:  # the submission failed for good: show why
+                (on_line or _to_stdout)(line)
+            return out
         log.warning("the job agent is not up yet; retrying the submission")
         time.sleep(3)
-    if not capture:
-        sys.stdout.write(out.stdout)
-        sys.stderr.write(out.stderr[-20000:])
-    return out
 
 
-def start_local_head(ray_bin: str, env: dict) -> str:
-    """``ray start --head`` on this machine with token auth (a token is generated once) and the
-    dashboard on 127.0.0.1; stops any Ray already running here first. Returns the GCS address."""
-    import subprocess
+def _to_stdout(line: str) -> None:
+    sys.stdout.write(line)
+    sys.stdout.flush()
 
-    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=False, capture_output=True)
-    subprocess.run([ray_bin, "stop", "--force"], env=env, check=False, capture_output=True)
-    subprocess.run([ray_bin, "start", "--head", "--num-cpus", str(os.cpu_count() or 2), "--dashboard-host",
-                    "127.0.0.1", "--disable-usage-stats"], env=env, check=True)
-    return "127.0.0.1:6379"
+
+def visible_part(line: str) -> str:
+    """What a terminal shows of ``line``: the text after its last carriage return (tqdm redraws)."""
+    text = line.rstrip("\r\n")
+    return line if "\r" not in text else text.rsplit("\r", 1)[-1] + "\n"
+
+
+def is_progress_bar(line: str) -> bool:
+    """Whether ``line`` is Ray Data progress output (a tqdm bar, its title, or a progress-log block line)."""
+    return bool(_PROGRESS.search(visible_part(line)))
+
+
+def _submit_streaming(cmd: list[str], env: Mapping[str, str], cwd: str,
+                      sink: LineSink) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run ``cmd``, handing each output line to ``sink`` once the job is submitted.
+
+    Returns the process (``stdout``: the last 2000 lines) and the lines held back because
+    the submission never got through (the caller shows them, or retries silently).
+    """
+    tail: collections.deque[str] = collections.deque(maxlen=2000)
+    held: list[str] | None = []  # None once submitted: lines then go straight to sink
+    # Bytes, split on "\n" only: text mode would turn each carriage return of a progress bar into a line.
+    with subprocess.Popen(cmd, env=dict(env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL) as proc:
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace")
+            tail.append(line)
+            if held is not None:
+                held.append(line)
+                if any(marker in line for marker in _SUBMITTED):
+                    for early in held:
+                        sink(early)
+                    held = None
+            elif not is_progress_bar(line):
+                sink(visible_part(line))
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(tail), ""), held or []
+
+
+class PortInUseError(RuntimeError):
+    """A port that the caller asked :class:`LocalHead` for is already bound on this machine."""
+
+
+def _free_port() -> int:
+    """A port that is free on 127.0.0.1 now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    """Whether some socket is bound (or listening) on ``port`` of this machine (IPv4, any address).
+
+    SO_REUSEADDR, as Ray's servers use it: a port left in TIME_WAIT by a closed server is free.
+    """
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
+def _free_port_range(size: int, avoid: set[int]) -> tuple[int, int]:
+    """``size`` consecutive free ports below Linux's ephemeral range (32768+), so that
+    two heads get different worker ports and the kernel's own picks do not land in them."""
+    import random
+
+    for _ in range(50):
+        low = random.randrange(10000, 32000 - size)
+        ports = range(low, low + size)
+        if not avoid.intersection(ports) and not any(port_in_use(p) for p in ports):
+            return low, low + size - 1
+    raise RuntimeError(f"found no {size} consecutive free ports in 10000-32000 for Ray workers")
+
+
+def _processes() -> dict[int, tuple[int, int, str, int]] | None:
+    """``pid -> (ppid, pgid, state, start time)`` from /proc; None where there is no /proc (not Linux)."""
+    if not Path("/proc/self/stat").exists():
+        return None
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            f = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+            table[int(stat.parent.name)] = (int(f[1]), int(f[2]), f[0], int(f[19]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return table
+
+
+def _descendants(root: int) -> set[tuple[int, int]]:
+    """``(pid, start time)`` of every live process below ``root``, whatever its group
+    (Ray workers leave the head's process group)."""
+    table = _processes() or {}
+    found, todo = set(), [root]
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, _, state, started) in table.items():
+            if ppid == parent and state != "Z" and (pid, started) not in found:
+                found.add((pid, started))
+                todo.append(pid)
+    return found
+
+
+def _alive(pgid: int, members: set[tuple[int, int]]) -> set[int]:
+    """The live (non-zombie) pids of process group ``pgid`` and of ``members`` (same start time: no reused pid)."""
+    table = _processes()
+    if table is None:  # not Linux: only the group can be checked
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return set()
+        return {pgid}
+    group = {pid for pid, (_, pg, state, _) in table.items() if pg == pgid and state != "Z"}
+    return group | {pid for pid, started in members
+                    if pid in table and table[pid][3] == started and table[pid][2] != "Z"}
+
+
+class LocalHead:
+    """A private Ray head node on this machine that never disturbs other Ray clusters.
+
+    ``ray start --head --block`` runs in its own session (process group) with its own short
+    temp dir (``/tmp/vrXXXXXXXX``: Ray's socket paths must stay under 108 bytes) and
+    explicit ports, never Ray's defaults: GCS, dashboard (bound to 127.0.0.1), dashboard agent
+    listen/grpc, runtime-env agent, metrics export, Ray client server, and a worker-port
+    range. Ports are free ones unless ``gcs_port`` / ``dashboard_port`` ask for specific
+    ones; a requested port already in use raises :class:`PortInUseError` before anything
+    starts. Token authentication is on (``RAY_AUTH_MODE=token``; ``ray get-auth-token
+    --generate`` makes ``~/.ray/auth_token`` if there is none).
+
+    :meth:`stop` signals only that process group (SIGTERM, then SIGKILL after
+    ``stop_timeout_s``; Ray workers, which leave the group, die with their raylet) and
+    deletes nothing: the temp dir keeps the logs. Use it as a context manager, or call
+    :meth:`start` / :meth:`stop`. A head that is never stopped outlives this process
+    (``kill -- -{pid}`` stops it).
+
+    Attributes:
+        env: the environment to run ``ray job submit --address {dashboard_url}`` (and the head)
+            with: the caller's, without ``RAY_ADDRESS``, with token auth and this venv on PATH.
+        temp_dir: the head's ``--temp-dir`` (set by :meth:`start`).
+        ports: the ports by name (``gcs``, ``dashboard``, ...; set by :meth:`start`).
+    """
+
+    PORT_FLAGS: ClassVar[dict[str, str]] = {"gcs": "--port", "dashboard": "--dashboard-port",
+                  "dashboard_agent_listen": "--dashboard-agent-listen-port",
+                  "dashboard_agent_grpc": "--dashboard-agent-grpc-port",
+                  "runtime_env_agent": "--runtime-env-agent-port", "metrics_export": "--metrics-export-port",
+                  "ray_client_server": "--ray-client-server-port"}
+
+    def __init__(self, *, gcs_port: int | None = None, dashboard_port: int | None = None,
+                 num_cpus: int | None = None, env: Mapping[str, str] | None = None, worker_ports: int = 500,
+                 startup_timeout_s: float = 120.0, stop_timeout_s: float = 30.0,
+                 echo: Callable[[str], None] = print) -> None:
+        """Configure the head; nothing starts before :meth:`start` (or ``with``).
+
+        Args:
+            gcs_port / dashboard_port: ports to use instead of free ones (e.g. 6379 / 8265).
+            num_cpus: CPUs the head offers (default: Ray's count of this machine's).
+            env: base environment (default ``os.environ``).
+            worker_ports: size of the worker-port range.
+            echo: where the one-line start / stop messages go.
+        """
+        self.requested = {k: v for k, v in (("gcs", gcs_port), ("dashboard", dashboard_port)) if v}
+        self.num_cpus, self.worker_ports, self.echo = num_cpus, worker_ports, echo
+        self.startup_timeout_s, self.stop_timeout_s = startup_timeout_s, stop_timeout_s
+        self.env = {k: v for k, v in (os.environ if env is None else env).items() if k != "RAY_ADDRESS"}
+        self.env.setdefault("RAY_AUTH_MODE", "token")
+        venv_bin = str(Path(sys.executable).parent)
+        self.env["PATH"] = f"{venv_bin}{os.pathsep}{self.env.get('PATH', '')}"
+        self.ray_bin = str(Path(venv_bin) / "ray")
+        self.ports: dict[str, int] = {}
+        self.temp_dir: str | None = None
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        """The GCS address, ``127.0.0.1:<port>`` (for ``ray.init`` / ``RAY_ADDRESS``)."""
+        return f"127.0.0.1:{self._port('gcs')}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """``http://127.0.0.1:<port>``, the address for ``ray job submit`` / ``ray job list``."""
+        return f"http://127.0.0.1:{self._port('dashboard')}"
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of ``ray start`` (also the process-group id), while it runs."""
+        return self._proc.pid if self._proc else None
+
+    @property
+    def log_path(self) -> Path:
+        """The output of ``ray start --block`` (in :attr:`temp_dir`)."""
+        if self.temp_dir is None:
+            raise RuntimeError("the head is not started")
+        return Path(self.temp_dir) / "head.log"
+
+    def _port(self, name: str) -> int:
+        if name not in self.ports:
+            raise RuntimeError("the head is not started")
+        return self.ports[name]
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> Self:
+        """Start the head and wait until its job server answers; raises (head stopped) on failure."""
+        if self._proc is not None:
+            raise RuntimeError(f"this head already runs (pid {self._proc.pid})")
+        self.ports = self._pick_ports()
+        self.temp_dir = tempfile.mkdtemp(prefix="vr", dir="/tmp")
+        if self.env.get("RAY_AUTH_MODE") == "token":
+            subprocess.run([self.ray_bin, "get-auth-token", "--generate"], env=self.env, capture_output=True,
+                           check=False)
+        with open(self.log_path, "ab") as out:  # the child keeps its own descriptor
+            # No drain on SIGTERM: it would wait (up to 30 s) on a GCS that the group signal also stops.
+            env = {**self.env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+            self._proc = subprocess.Popen(self._command(), env=env, start_new_session=True,
+                                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.echo(f"started a Ray head at {self.address} (temp dir {self.temp_dir}, dashboard {self.dashboard_url})")
+        return self
+
+    def _pick_ports(self) -> dict[str, int]:
+        """The requested ports (checked free) and free ones for the rest."""
+        for name, port in self.requested.items():
+            if port_in_use(port):
+                raise PortInUseError(
+                    f"port {port} (Ray {name}) is already in use on this machine, probably by another Ray "
+                    f"cluster. vidray starts its own Ray cluster and never stops anyone else's: choose another "
+                    f"{name} port ({PORT_OPTIONS[name]}), or none to use a free one.")
+        ports = dict(self.requested)
+        for name in self.PORT_FLAGS:
+            while name not in ports:
+                port = _free_port()
+                if port not in ports.values():
+                    ports[name] = port
+        low, high = _free_port_range(self.worker_ports, set(ports.values()))
+        return {**ports, "min_worker": low, "max_worker": high}
+
+    def _command(self) -> list[str]:
+        """``ray start --head --block`` with every port explicit (none of Ray's defaults)."""
+        cmd = [self.ray_bin, "start", "--head", "--block", "--dashboard-host", "127.0.0.1",
+               "--include-dashboard", "true", "--temp-dir", str(self.temp_dir), "--disable-usage-stats",
+               "--min-worker-port", str(self.ports["min_worker"]), "--max-worker-port", str(self.ports["max_worker"])]
+        for name, flag in self.PORT_FLAGS.items():
+            cmd += [flag, str(self.ports[name])]
+        if self.num_cpus is not None:
+            cmd += ["--num-cpus", str(self.num_cpus)]
+        return cmd
+
+    def _wait_ready(self) -> None:
+        """Poll ``ray job list`` until the head's job server answers."""
+        deadline = time.time() + self.startup_timeout_s
+        while time.time() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"`ray start --head` exited with {self._proc.returncode}\n{self._log_tail()}")
+            try:
+                ok = subprocess.run([self.ray_bin, "job", "list", "--address", self.dashboard_url], env=self.env,
+                                    capture_output=True, timeout=60, check=False).returncode == 0
+            except subprocess.TimeoutExpired:
+                ok = False
+            if ok:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"the Ray head did not answer `ray job list --address {self.dashboard_url}` within "
+                           f"{self.startup_timeout_s:.0f}s\n{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            text = []
+        return "\n".join([f"--- last lines of {self.log_path} (session logs: {self.temp_dir}/session_latest/logs)",
+                          *text])
+
+    def stop(self) -> None:
+        """SIGTERM this head's process group, wait up to ``stop_timeout_s``, then SIGKILL what is left.
+
+        Touches only processes that :meth:`start` created: the ``ray start`` process group, and
+        the processes below it that left the group (Ray workers; they exit with their raylet
+        and are killed only if they outlive the timeout). Deletes nothing; a no-op when not running.
+        """
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        pgid = proc.pid  # start_new_session: ray start leads its own group
+        spawned = _descendants(pgid)
+        _signal_group(pgid, signal.SIGTERM)
+        if not _wait_gone(proc, spawned, self.stop_timeout_s):
+            log.warning("the Ray head (process group %s) did not stop in %ss; killing it", pgid, self.stop_timeout_s)
+            _signal_group(pgid, signal.SIGKILL)
+            for pid in _alive(pgid, spawned) - {pgid}:
+                _signal(pid, signal.SIGKILL)
+            _wait_gone(proc, spawned, 10)
+        self.echo(f"stopped the Ray head at {self.address} (process group {pgid}; logs kept in {self.temp_dir})")
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_gone(proc: subprocess.Popen, spawned: set[tuple[int, int]], timeout: float) -> bool:
+    """Reap ``proc``, then wait until its group and ``spawned`` are gone; whether they went in ``timeout``."""
+    deadline = time.time() + timeout
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    while _alive(proc.pid, spawned):
+        if time.time() > deadline:
+            return False
+        time.sleep(0.2)
+    return True

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# Runs and models of tests never land in the user's store (~/.vidray): a fresh home per session,
+# inherited by the embedded Ray cluster's workers.
+os.environ["VIDRAY_HOME"] = tempfile.mkdtemp(prefix="vidray-test-home-")
+atexit.register(shutil.rmtree, os.environ["VIDRAY_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,23 @@ def verify_model_dir(folder: str | Path) -> Path:
     return extra
 
 
+def _download_uri(uri: str) -> str:
+    """The artifact URI behind ``models:/NAME@alias`` or ``models:/NAME/version``, resolved in *our*
+    registry (MLflow's ``download_artifacts`` resolves ``models:/`` in its global default registry,
+    which is not the embedded store unless ``MLFLOW_TRACKING_URI`` names it)."""
+    from mlflow import MlflowClient
+
+    if not uri.startswith("models:/"):
+        return uri
+    client = MlflowClient(tracking_uri=tracking_uri(), registry_uri=tracking_uri())
+    name, _, alias = uri[len("models:/"):].partition("@")
+    if alias:
+        version = client.get_model_version_by_alias(name, alias).version
+    else:
+        name, _, version = name.partition("/")
+    return client.get_model_version_download_uri(name, version)
+
+
 def load_registered_model(uri: str, dst: str | Path | None = None):
     """Download ``models:/NAME@alias`` or ``models:/NAME/version``, verify it, load it safely.
 
@@ -106,8 +123,8 @@ def load_registered_model(uri: str, dst: str | Path | None = None):
 
     if dst is not None:
         Path(dst).mkdir(parents=True, exist_ok=True)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst) if dst else None,
-                                                     tracking_uri=tracking_uri(), registry_uri=tracking_uri()))
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=_download_uri(uri), dst_path=str(dst) if dst else None,
+                                                     tracking_uri=tracking_uri()))
     extra = verify_model_dir(local)
     info = json.loads((extra / "model_info.json").read_text())
     if not info.get("backbone"):

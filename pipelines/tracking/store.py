@@ -1,8 +1,10 @@
 """Where runs go: the tracking URI, the embedded default store, and the tags every run gets.
 
 ``MLFLOW_TRACKING_URI`` when set (an ``http://`` tracking server in production), else the
-embedded default ``sqlite:///<project>/mlflow.db`` with artifacts under
-``<project>/mlruns`` (both git-ignored). The model registry needs a SQL-backed store,
+embedded default ``sqlite:///<home>/mlflow.db`` with artifacts under ``<home>/mlruns``, where
+``<home>`` is ``VIDRAY_HOME`` or ``~/.vidray``: one store per user and machine, shared by a
+checkout, the demo and the jobs a local cluster runs from uploaded copies of the checkout
+(``ray job submit --working-dir .``), so ``jobs/registry.py`` finds what they registered. The model registry needs a SQL-backed store,
 which both give.
 """
 
@@ -21,12 +23,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]  # pipelines/tracking/store.p
 
 
 def home() -> Path:
-    """Where the embedded store lives: ``VIDRAY_HOME`` or the checkout.
+    """Where the embedded store lives: ``VIDRAY_HOME``, else ``~/.vidray`` (created on first use).
 
-    A job submitted with ``ray job submit --working-dir .`` runs in a copy of the
-    checkout; ``VIDRAY_HOME`` points it back at the project so runs land in one store.
+    Not the checkout: a job submitted with ``ray job submit --working-dir .`` runs in an
+    uploaded copy of it, and its runs would be lost with the copy.
     """
-    return Path(os.environ.get("VIDRAY_HOME") or PROJECT_ROOT)
+    path = Path(os.environ.get("VIDRAY_HOME") or Path.home() / ".vidray")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def tracking_uri() -> str:

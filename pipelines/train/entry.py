@@ -3,9 +3,9 @@
 ``python jobs/train.py --method M --variant V [--stage S] [--set a.b=v] [--print-config]``:
 
 1. resolves the method's variant and the ``--set`` overrides (typed; unknown keys are
-   refused with a suggestion) and makes relative local paths absolute (against
-   ``VIDRAY_HOME`` when set, so a job submitted with ``--working-dir .`` reads the
-   project's data, else the current directory);
+   refused with a suggestion) and makes relative local paths absolute (against the
+   current directory: for a job submitted with ``--working-dir .``, its uploaded copy of
+   the checkout; give absolute paths or URLs to share data between jobs);
 2. checks, or for ``debug`` variants makes, the dataset every phase reads
    (:func:`pipelines.prep.ready.ensure_dataset`), before any worker starts;
 3. connects to Ray, saves the resolved config next to the checkpoints and runs the
@@ -27,7 +27,7 @@ from pipelines.io import storage
 def _absolute(url: str) -> str:
     if storage.protocol(url) != "file" or os.path.isabs(url) or url.startswith("file://"):
         return url
-    return os.path.join(os.environ.get("VIDRAY_HOME") or os.getcwd(), url)
+    return os.path.abspath(url)
 
 
 def resolve_paths(job):

@@ -190,8 +190,8 @@ def run_phases(spec: MethodSpec, job, *, stage: str | None = None) -> list[dict[
         for phase in phases:
             versions = {key: finished_version(job, phase.name, key) for key in phase.registers}
             if phase.registers and all(versions.values()):
-                log.warning("phase %s: already registered (%s); skipped", phase.name,
-                            ", ".join(f"{v.name} v{v.version}" for v in versions.values()))
+                print(f"phase {phase.name}: already registered ("
+                      f"{', '.join(f'{v.name} v{v.version}' for v in versions.values())}); skipped", flush=True)
             else:
                 print(f"phase {phase.name}: training for {phase.epochs} epochs", flush=True)
                 versions = run_phase(spec, job, phase, parent_id, fingerprint, _work_dir(job))

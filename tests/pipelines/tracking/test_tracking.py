@@ -113,7 +113,8 @@ def test_credential_keys_and_values_are_filtered():
 def test_tracking_uri_default_and_helpers(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("VIDRAY_HOME", raising=False)
-    assert tracking.tracking_uri() == f"sqlite:///{tracking.PROJECT_ROOT / 'mlflow.db'}"
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'user' / '.vidray' / 'mlflow.db'}"
     monkeypatch.setenv("VIDRAY_HOME", str(tmp_path))  # a submitted job's copy points back at the project
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.delenv("VIDRAY_HOME")
@@ -252,10 +253,11 @@ def test_undelivered_metrics_are_kept_on_disk(tmp_path, caplog):
 
 
 def test_embedded_default_store(tmp_path, monkeypatch):
-    """No MLFLOW_TRACKING_URI: sqlite under the project, artifacts in <project>/mlruns/<experiment>."""
+    """No MLFLOW_TRACKING_URI: sqlite in ~/.vidray, artifacts in ~/.vidray/mlruns/<experiment>."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("VIDRAY_HOME", raising=False)
-    monkeypatch.setattr("pipelines.tracking.store.PROJECT_ROOT", tmp_path)  # stands in for the checkout
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    tmp_path = tmp_path / "user" / ".vidray"
     logger = RunLogger("embedded test", spill_dir=tmp_path / "spill")
     run_id = logger.start("local", SmallConfig())
     logger.log_metrics({"loss": 0.5}, step=0)

@@ -1,0 +1,125 @@
+"""LocalHead never touches other Ray clusters; ray_job_submit streams a job's output as it comes."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipelines.cluster import (
+    LocalHead,
+    PortInUseError,
+    _descendants,
+    _processes,
+    _submit_streaming,
+    is_progress_bar,
+    ray_job_submit,
+)
+
+
+def _job_list(head: LocalHead) -> subprocess.CompletedProcess:
+    return subprocess.run([head.ray_bin, "job", "list", "--address", head.dashboard_url], env=head.env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def _tree(pid: int) -> set[tuple[int, int]]:
+    """``(pid, start time)`` of ``pid`` and every process below it."""
+    return _descendants(pid) | {(pid, _processes()[pid][3])}
+
+
+def _running(procs: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Those of ``procs`` still running (same start time, not a zombie)."""
+    table = _processes()
+    return {(pid, t) for pid, t in procs if pid in table and table[pid][3] == t and table[pid][2] != "Z"}
+
+
+@pytest.fixture(scope="module")
+def bystander():
+    """Someone else's cluster: a head that must survive everything these tests do."""
+    head = LocalHead(num_cpus=1).start()
+    yield head
+    head.stop()
+    shutil.rmtree(head.temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_processes() is None, reason="reads /proc")
+def test_stopping_a_head_leaves_other_clusters_running(bystander):
+    theirs = _tree(bystander.pid)
+    mine = LocalHead(num_cpus=1).start()
+    try:
+        assert mine.address != bystander.address and mine.dashboard_url != bystander.dashboard_url
+        assert mine.temp_dir != bystander.temp_dir
+        ours = _tree(mine.pid)
+        assert len(ours) > 3 and not {pid for pid, _ in ours} & {pid for pid, _ in theirs}
+    finally:
+        mine.stop()
+        shutil.rmtree(mine.temp_dir, ignore_errors=True)
+    assert not _running(ours), "the stopped head left processes behind"
+    assert _running(theirs) == theirs, "stopping one head killed processes of another cluster"
+    assert _job_list(bystander).returncode == 0, "the bystander cluster no longer answers"
+
+
+@pytest.mark.parametrize("name", ["dashboard", "gcs"])
+def test_a_requested_port_in_use_is_a_clear_error(name):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        head = LocalHead(**{f"{name}_port": port})
+        with pytest.raises(PortInUseError) as err:
+            head.start()
+    text = str(err.value)
+    assert f"port {port} (Ray {name})" in text and "never stops" in text
+    assert ("VIDRAY_DASHBOARD_PORT" if name == "dashboard" else "VIDRAY_RAY_PORT") in text
+    assert head.pid is None and head.temp_dir is None  # nothing was started
+
+
+def test_progress_bars_are_recognised():
+    assert is_progress_bar("Running Dataset: dataset_3_0. Active & requested resources: 1/2 CPU\n")
+    assert is_progress_bar("2026-01-01 00:00:00,000\tINFO logging_progress.py:231 -- ReadRange: 0/1\n")
+    assert is_progress_bar("- ReadRange->Map:  40%|####      | 4/10 [00:01<00:02, 2.1 row/s]\n")
+    assert is_progress_bar("noise\r 10%|#         | 1/10\r\n")
+    assert not is_progress_bar("epoch 3: loss 0.51, 100% of the steps done\n")
+    assert not is_progress_bar("INFO streaming_executor.py:371 -- Dataset execution finished in 6.83 seconds\n")
+
+
+def test_streaming_forwards_lines_as_they_come_and_holds_back_a_failed_submission():
+    script = ("import sys, time\n"
+              "print('uploading'); print(\"Job 'x' submitted successfully\"); sys.stdout.flush()\n"
+              "print('Running Dataset: d_0. 0/2 CPU'); print('\\r 10%|#   | 1/10\\r 20%|##  | 2/10')\n"
+              "print('a', flush=True); time.sleep(1.5); print('b', file=sys.stderr, flush=True); sys.exit(3)\n")
+    got: list[tuple[float, str]] = []
+    out, held = _submit_streaming([sys.executable, "-c", script], {}, ".", lambda line: got.append((time.time(), line)))
+    lines = [line for _, line in got]
+    assert lines == ["uploading\n", "Job 'x' submitted successfully\n", "a\n", "b\n"]
+    assert got[3][0] - got[2][0] > 1.0, "lines arrived together, not as they were printed"
+    assert out.returncode == 3 and held == [] and "Running Dataset" in out.stdout
+
+    failed = "print('Traceback ...'); print('RuntimeError: No available agent to submit job'); raise SystemExit(1)"
+    sink: list[str] = []
+    out, held = _submit_streaming([sys.executable, "-c", failed], {}, ".", sink.append)
+    assert sink == [] and held[-1].startswith("RuntimeError: No available agent") and out.returncode == 1
+
+
+@pytest.mark.slow
+def test_ray_job_submit_streams_the_job_output(bystander, tmp_path, capsys):
+    got: list[tuple[float, str]] = []
+    code = "import time; print('a', flush=True); time.sleep(3); print('b', flush=True)"
+    out = ray_job_submit(bystander.dashboard_url, str(tmp_path), ["python", "-c", code], env=bystander.env,
+                         on_line=lambda line: got.append((time.time(), line)))
+    assert out.returncode == 0, out.stdout[-3000:]
+    arrived = {line: at for at, line in got}
+    assert {"a\n", "b\n"} <= arrived.keys(), out.stdout[-3000:]
+    assert arrived["b\n"] - arrived["a\n"] > 2.0, "the job's output was not streamed"
+    assert any("succeeded" in line for _, line in got[-3:])
+
+    failing = ray_job_submit(bystander.dashboard_url, str(tmp_path), ["python", "-c", "print('c'); exit(3)"],
+                             env=bystander.env)
+    assert failing.returncode != 0
+    printed = capsys.readouterr().out  # the default sink: this process's stdout
+    assert "c\n" in printed and "failed" in printed
