@@ -7,7 +7,7 @@ STAMP := $(VENV)/.vidray-installed
 TORCH_VERSION := 2.13.0
 DATA ?= data
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean clean-runs
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -35,5 +35,10 @@ bench: install
 	$(PY) bench/pipeline.py --quick
 	$(PY) bench/train.py --quick
 
+# Data made here (videos, manifests, checkpoints).
 clean:
-	rm -rf $(DATA) mlruns mlflow.db .pytest_cache
+	rm -rf $(DATA) .pytest_cache
+
+# Every run and registered model of the embedded MLflow store (VIDRAY_HOME, default ~/.vidray).
+clean-runs:
+	rm -rf "$${VIDRAY_HOME:-$$HOME/.vidray}"

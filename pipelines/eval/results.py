@@ -99,3 +99,17 @@ def log_results(run_id: str, results: dict) -> None:
                 path = f"{tmp}/confusion_{protocol}.png"
                 plot_confusion(scores["confusion"], names, f"{protocol} confusion").savefig(path, dpi=100)
                 client.log_artifact(run_id, path, "eval")
+
+
+def default_protocols(run_id: str | None) -> list[str]:
+    """The protocols of the method that trained the model (its spec's ``eval_protocols``, found by the
+    run's ``vidray_method`` tag); retrieval and linear for a random init or an unknown run."""
+    if not run_id:
+        return ["retrieval", "linear"]
+    from mlflow import MlflowClient
+
+    from pipelines.methods import METHODS
+    from pipelines.tracking import tracking_uri
+
+    method = MlflowClient(tracking_uri=tracking_uri()).get_run(run_id).data.tags.get("vidray_method")
+    return list(METHODS[method].eval_protocols) if method in METHODS else ["retrieval", "linear"]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import tempfile
 import time
 from typing import Any, Callable
@@ -268,8 +269,9 @@ def end_epoch(state: WorkerState, task: TrainTask, stats: EpochStats, sink, logg
         with torch.no_grad():
             metrics.update({f"val_{k}": float(v) for k, v in task.validate(state.method, state.epoch,
                                                                           state.device).items()})
-    if state.rank == 0:
-        print(progress_line(task, metrics, time.perf_counter() - stats.started), flush=True)
+    if state.rank == 0:  # not print(): Ray Train's patched print would emit the line twice
+        sys.stdout.write(progress_line(task, metrics, time.perf_counter() - stats.started) + "\n")
+        sys.stdout.flush()
     if logger:
         logger.log_metrics({f"epoch/{k}": v for k, v in metrics.items()}, step=state.epoch)
     report_checkpoint(state, sink, metrics)

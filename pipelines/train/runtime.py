@@ -13,6 +13,7 @@ checkpoint, and Ray Train V2 restores the checkpoint history of a run with the s
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -29,6 +30,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     task: TrainTask = config["task"]
+    _quiet_report_logs()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     state = setup(task, ray.train.torch.get_device(), rank, world, ray.train.get_checkpoint())
@@ -44,6 +46,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         end_epoch(state, task, stats, sink, logger)
     if logger:
         logger.detach()  # deliver what is buffered; the driver ends the run
+
+
+def _quiet_report_logs() -> None:
+    """Ray Train 2.60 logs every ``report`` call at INFO with the whole metrics dict; the loop's one
+    line per epoch says what a person needs. ``VIDRAY_VERBOSE_TRAIN=1`` keeps Ray's lines."""
+    if os.environ.get("VIDRAY_VERBOSE_TRAIN") == "1":
+        return
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version: leave its logging alone
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)  # that module's logger is named by its path
 
 
 def _barrier(world: int) -> None:

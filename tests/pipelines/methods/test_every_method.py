@@ -29,6 +29,7 @@ def debug_manifest(tmp_path_factory) -> str:
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_debug_variant_trains_checkpoints_resumes_registers_and_loads(method, ray_cluster, mlflow_server,
                                                                       debug_manifest, tmp_path, monkeypatch, capsys):
+    from pipelines.eval.results import default_protocols, load_encoder
     from pipelines.tracking import load_registered_model
     from pipelines.train.checkpoint import load_state
 
@@ -59,3 +60,5 @@ def test_debug_variant_trains_checkpoints_resumes_registers_and_loads(method, ra
         with torch.no_grad():
             assert torch.isfinite(module(example)).all()
         assert info["backbone"] == spec.export(job, phase, model)[key].backbone_name
+        run_id = load_encoder(f"models:/{job.model_name}-{key}@{phase.name}")[3]
+        assert default_protocols(run_id) == list(spec.eval_protocols)  # jobs/evaluate.py's default
