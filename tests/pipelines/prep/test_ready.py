@@ -20,7 +20,7 @@ def test_missing_manifest_names_the_commands(tmp_path):
     url = str(tmp_path / "nowhere")
     with pytest.raises(DatasetNotReady, match="no manifest at") as err:
         ensure_dataset(DataConfig(manifest=url), [recipes.recipe("classification")])
-    assert f"jobs/ingest.py --format ucf101 --src" in str(err.value) and url in str(err.value)
+    assert "jobs/ingest.py --format ucf101 --src" in str(err.value) and url in str(err.value)
     assert "jobs/make_synthetic.py" in str(err.value)
 
 
