@@ -181,7 +181,7 @@ class _Planned(Exception):
 def sample_reads(item: dict, rcfg: recipes.RecipeConfig, seed: int, epoch: int) -> Sample:
     """The exact ``(uri, indices)`` reads of one sample, from :func:`recipes.make_sample` itself."""
     reads: Sample = []
-    n_reads = 2 if rcfg.with_flow else 1  # every sampler reads all its files before augmenting
+    n_reads = 2 if rcfg.needs_flow else 1  # every sampler reads all its files before augmenting
 
     def record(video_id: str, uri: str, idx: np.ndarray) -> np.ndarray:
         reads.append((uri, np.asarray(idx, np.int64)))
@@ -314,7 +314,7 @@ class Loader:
 
 
 def first_clip_column(rcfg: recipes.RecipeConfig) -> str:
-    return "rgb_0" if rcfg.name == "coclr" else "rgb"
+    return next(iter(rcfg.video_columns()))
 
 
 # --------------------------------------------------------------------------- Ray Data pipeline

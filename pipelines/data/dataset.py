@@ -2,11 +2,10 @@
 
 ``build_dataset(manifest_url, recipe, split)`` reads the manifest on the driver, keeps
 the split's rows and turns each into one sample in a ``map_batches`` stage
-(:func:`sample_stage`): indices from :mod:`pipelines.data.sampling`, **one**
-:func:`~pipelines.io.video.read_frames` call per video (and one for its flow video, with
-the same indices), augmentation from :mod:`pipelines.data.augment`, then, for ``detection``,
-the volume augmentations as a second batch stage. Recipes and the batch schema are in
-:mod:`pipelines.data.recipes`. Batches travel as Arrow with Ray's fixed-shape tensor type
+(:func:`sample_stage`) running the recipe's ``sample`` (:mod:`pipelines.data.recipes`: indices,
+**one** :func:`~pipelines.io.video.read_frames` call per file, augmentation), then the recipe's
+optional ``batch_stage`` (e.g. the detection recipe's volume augmentations) as a second
+``map_batches`` stage. The batch schema is the recipe's. Batches travel as Arrow with Ray's fixed-shape tensor type
 (V2, int64 offsets) and reach the trainer through
 ``ray.train.get_dataset_shard(...).iter_torch_batches()`` (build with
 ``LoaderOptions(strings=False)`` there: string columns are not tensors).
@@ -21,9 +20,9 @@ Decode failures: skipped and counted, never replaced. A video whose decode fails
 (:class:`~pipelines.io.probe.MediaError`, e.g. ``DecodeError`` kinds ``corrupt``,
 ``not_found``) produces no sample; a :class:`QuarantineLedger` actor records it
 (``stage="decode"``, ``kind``, ``reason``) and :meth:`VideoPipeline.write_quarantine`
-merges the records into ``DST/quarantine.parquet``. Rows the recipe cannot use
-(``coclr`` without ``flow_uri``: kind ``no_flow``; ``classification`` without a label:
-``no_label``) are counted at build time with ``stage="dataset"`` and not read. So for
+merges the records into ``DST/quarantine.parquet``. Rows the recipe cannot use (its
+``exclude``: e.g. a required ``flow_uri`` missing, kind ``no_flow``; no video label for a
+supervised recipe, ``no_label``) are counted at build time with ``stage="dataset"`` and not read. So for
 every run ``inputs = samples + quarantined`` (:meth:`VideoPipeline.accounting`).
 Exceptions from our own sampling or augmentation code are bugs and fail the task.
 
