@@ -76,7 +76,7 @@ from pipelines.io.video import read_frames
 
 log = logging.getLogger(__name__)
 DEFAULT_LEDGER = "vidray-quarantine-ledger"
-_ITEM_COLUMNS = ("video_id", "uri", "flow_uri", "num_frames", "fps", "label", "label_index", "split")
+_ITEM_COLUMNS = ("video_id", "uri", "flow_uri", "num_frames", "fps", "label", "label_index", "split", "group_id")
 _STUCK: list[threading.Thread] = []  # watchdog threads abandoned in this worker process
 
 
@@ -371,6 +371,7 @@ def _items(table: pa.Table, cfg: RecipeConfig, split: str,
     rows = table.select(list(_ITEM_COLUMNS)).to_pylist()
     segments = table.column("segments").to_pylist()
     chosen = [i for i, r in enumerate(rows) if r["split"] == split][:limit]
+    groups = group_indices(rows)
     if not chosen:
         raise ValueError(f"no manifest rows in split {split!r} (splits: {sorted({r['split'] for r in rows})})")
     items, excluded = [], []
@@ -379,13 +380,22 @@ def _items(table: pa.Table, cfg: RecipeConfig, split: str,
         item = {**{k: r[k] for k in _ITEM_COLUMNS if k != "split"}, "row": i, "segments": json.dumps(
             [{k: s[k] for k in ("label_index", "start_s", "end_s")} for s in segments[i] or []]),
             "label": r["label"] or "", "label_index": -1 if r["label_index"] is None else r["label_index"],
-            "flow_uri": r["flow_uri"] or ""}
+            "flow_uri": r["flow_uri"] or "", "group_index": groups[i]}
+        item.pop("group_id")
         why = cfg.exclude(item)
         if why:
             excluded.append(quarantine_row(r["uri"], "dataset", *why, video_id=r["video_id"]))
         else:
             items.append(item)
     return items, excluded, [rows[i]["video_id"] for i in chosen]
+
+
+def group_indices(rows: list[dict]) -> list[int]:
+    """Each manifest row's source group as an int (sorted ``group_id``; no group: the video itself),
+    the same for a row whatever split or limit is read."""
+    ids = [r.get("group_id") or r["video_id"] for r in rows]
+    index = {g: i for i, g in enumerate(sorted(set(ids)))}
+    return [index[g] for g in ids]
 
 
 def _configure(ctx: "ray.data.DataContext") -> None:

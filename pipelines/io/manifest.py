@@ -45,9 +45,10 @@ MANIFEST_SCHEMA = pa.schema([
     ("size_bytes", pa.int64()),       # bytes of `uri`
     ("segments", pa.list_(SEGMENT_TYPE)),  # temporal action segments; empty for single-label clips
     ("flow_uri", pa.string()),        # optical-flow video aligned frame by frame with `uri` (jobs/flow.py)
+    ("group_id", pa.string()),        # the source video this clip was cut from (see pipelines/prep/datasets)
 ])
 # Columns later jobs add; manifests written before them read with nulls there.
-OPTIONAL_COLUMNS = frozenset({"flow_uri"})
+OPTIONAL_COLUMNS = frozenset({"flow_uri", "group_id"})
 
 QUARANTINE_SCHEMA = pa.schema([
     ("source_uri", pa.string()),      # the rejected file, or the annotation file for a bad row

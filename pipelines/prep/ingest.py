@@ -107,6 +107,7 @@ def process_candidate(cand: dict, *, dst: str, known: frozenset[str] | set[str],
         return {"status": "quarantined", "row": quarantine_row(
             stage="read", kind="read_error", reason=f"cannot be read: {type(exc).__name__}: {exc}", **bad)}
     labels = {k: cand[k] for k in ("video_id", "label", "label_index", "split", "segments")}
+    labels["group_id"] = cand.get("group_id") or cand["video_id"]
     if digest in known:  # same bytes as an ingested video: skip the work
         return {"status": "existing", "row": {**labels, "source_uri": src, "content_hash": digest}}
     uri = storage.join(dst, "videos", safe_path(cand["video_id"]) + ".mp4") if transcode else src

@@ -166,7 +166,7 @@ def test_mining_starts_when_the_queue_is_full() -> None:
 
 def test_mined_positives_are_topk_in_other_view_excluding_same_video() -> None:
     torch.manual_seed(0)
-    model = CoCLR(CoCLRConfig.debug(stage="coclr", queue_size=16, topk=5))
+    model = CoCLR(CoCLRConfig.debug(stage="coclr", queue_size=16, topk=5, same_video_positive=False))
     gen = torch.Generator().manual_seed(0)
     model.queue_other.keys.copy_(F.normalize(torch.randn(16, 32, generator=gen), dim=1))
     model.queue.vid.copy_(torch.arange(16) % 6)
@@ -206,7 +206,8 @@ def test_mined_precision_counts_same_class_mined_pairs_with_known_labels() -> No
 
 def test_k0_coclr_equals_infonce() -> None:
     torch.manual_seed(0)
-    coclr = CoCLR(CoCLRConfig.debug(stage="coclr", queue_size=8, topk=0)).train()
+    coclr = CoCLR(CoCLRConfig.debug(stage="coclr", queue_size=8, topk=0, same_video_positive=False,
+                                    own_key_drop_p=0.0)).train()
     infonce = CoCLR(CoCLRConfig.debug(stage="infonce", queue_size=8)).train()
     infonce.load_state_dict({k: v for k, v in coclr.state_dict().items() if "_other" not in k})
     for model in (coclr, infonce):
@@ -265,3 +266,50 @@ def test_schedule_follows_the_thesis() -> None:
     assert phases[3].init_from == {"rgb": "coclr_rgb_c1", "flow": "infonce_flow"}
     k400 = coclr_schedule(cycles=1, epochs_per_network=50)
     assert [p.epochs for p in k400[2:]] == [50, 50]
+
+
+def test_own_key_is_dropped_from_rows_with_other_positives_as_the_authors_do() -> None:
+    """main_coclr.py: on 90 % of steps ``mask_clone[mask_sum != 1, 0] = 0``; metrics keep the own key."""
+    pos_BN = torch.tensor([[1, 0, 1, 0], [1, 0, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)
+    always = CoCLR(CoCLRConfig.debug(stage="coclr", queue_size=8, own_key_drop_p=1.0)).train()
+    expected = torch.tensor([[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 1, 0]], dtype=torch.bool)
+    assert torch.equal(always._loss_positives(pos_BN), expected)
+    assert torch.equal(always.eval()._loss_positives(pos_BN), pos_BN)  # evaluation never drops it
+    never = CoCLR(CoCLRConfig.debug(stage="coclr", queue_size=8, own_key_drop_p=0.0)).train()
+    assert torch.equal(never._loss_positives(pos_BN), pos_BN)
+    torch.manual_seed(0)
+    share = CoCLR(CoCLRConfig.debug(stage="coclr", queue_size=8))  # the authors' 0.9
+    drops = sum(not bool(share.train()._loss_positives(pos_BN)[0, 0]) for _ in range(2000)) / 2000
+    assert abs(drops - 0.9) < 0.03
+    with pytest.raises(ValueError, match="own_key_drop_p"):
+        CoCLR(CoCLRConfig.debug(stage="coclr", queue_size=8, own_key_drop_p=1.5))
+
+
+def test_group_index_excludes_the_whole_source_group_from_mining() -> None:
+    """Clips of one source video (a UCF101 gNN) share group_index: none of them is ever mined."""
+    torch.manual_seed(0)
+    model = CoCLR(CoCLRConfig.debug(stage="coclr", queue_size=8, topk=3, same_video_positive=False,
+                                    own_key_drop_p=0.0)).train()
+    with torch.no_grad():
+        for s in range(3):
+            batch = make_batch(s, vid_offset=B * s)
+            batch["group_index"] = batch["vid_index"] // 2  # two clips per group
+            model(batch)
+        batch = make_batch(5, vid_offset=8)  # groups 4 and 5, both in the queue
+        batch["group_index"] = batch["vid_index"] // 2
+        o = model._other_features(batch["flow_1"][:, :2])
+        pos, mining = model._queue_positives(batch["group_index"], None, o)
+    same_group = batch["group_index"][:, None] == model.queue.vid[None, :]
+    assert mining and same_group.any() and not (pos & same_group).any()
+    assert int(model.queue.vid.max()) <= 5  # the queue holds group ids (vid // 2 of videos 0-11)
+
+
+def test_mining_runs_in_float32_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    model = CoCLR(CoCLRConfig.debug(stage="coclr", queue_size=8)).eval()
+    x = torch.randn(2, 2, 8, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model._other_features(x).dtype == torch.float32
+        low = CoCLR(CoCLRConfig.debug(stage="coclr", queue_size=8, mining_fp32=False)).eval()
+        low.load_state_dict(model.state_dict())
+        assert low._other_features(x).dtype == torch.bfloat16

@@ -6,7 +6,9 @@ Layout (Xie et al. 2018, Fig. 2; no feature gating unless ``gating=True``): a
 separable 7x7x7 stem with stride 2 in all axes, a 1x1x1 and a separable 3x3x3
 conv, then nine Inception blocks whose 3x3 branches are separable (1x3x3 then
 3x1x1), with max-pools between stages. Every conv is bias-free and followed by
-BatchNorm (eps 1e-3, momentum 1e-3: the TF decay 0.999) and ReLU. The classifier
+BatchNorm and ReLU. BatchNorm uses PyTorch's defaults (eps 1e-5, momentum 0.1), as the CoCLR
+authors' ``backbone/s3dg.py`` does; ``s3d_tf`` keeps the TF reference's eps 1e-3 and momentum
+1e-3 (decay 0.999). The classifier
 is dropout and a linear map 1024→K with bias after global average pooling; the
 reference applies a 1x1x1 conv before averaging, which for global pooling is the
 same map with the same 1024·K + K parameters. With K=400 the network has
@@ -114,10 +116,11 @@ class S3D(VideoBackbone):
         width_mult: Multiplier on every width (1.0 is the published network).
         drop_rate: Dropout before the classifier (0.2 in the reference, 0.5 in CoCLR's finetuning).
         gating: Adds S3D-G self-gating after every Inception branch.
-        bn_momentum: Momentum of the default BN's running statistics (1e-3, the TF
-            decay 0.999 of the reference). Such a slow average needs thousands of steps
-            before eval-mode outputs mean anything; short runs want 0.1 (PyTorch's default).
-        norm_layer: Norm constructor; default BN with eps 1e-3 and ``bn_momentum``.
+        bn_momentum: Momentum of the default BN's running statistics (0.1, PyTorch's and
+            the CoCLR code's; the TF reference's 1e-3 needs thousands of steps before
+            eval-mode outputs mean anything).
+        bn_eps: Epsilon of the default BN (1e-5 as the CoCLR code; TF: 1e-3).
+        norm_layer: Norm constructor; default BN with ``bn_eps`` and ``bn_momentum``.
     """
 
     def __init__(
@@ -128,11 +131,12 @@ class S3D(VideoBackbone):
         width_mult: float = 1.0,
         drop_rate: float = 0.2,
         gating: bool = False,
-        bn_momentum: float = 1e-3,
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
         norm_layer: NormLayer | None = None,
     ) -> None:
         super().__init__()
-        norm_layer = norm_layer or functools.partial(nn.BatchNorm3d, eps=1e-3, momentum=bn_momentum)
+        norm_layer = norm_layer or functools.partial(nn.BatchNorm3d, eps=bn_eps, momentum=bn_momentum)
 
         def w(c: int) -> int:
             return max(4, int(round(c * width_mult)))
@@ -170,15 +174,21 @@ class S3D(VideoBackbone):
     ref_source="torchvision S3D: 8,320,048 params, 17.979 'GFLOPS' (= MACs) at 16x224² (model card)",
 )
 def s3d(*, num_classes: int = 0, **kwargs: Any) -> S3D:
-    """S3D as used by CoCLR (1024-d features)."""
+    """S3D as used by CoCLR (1024-d features, PyTorch BN defaults as the authors' code)."""
     return S3D(num_classes=num_classes, **kwargs)
+
+
+@register(input_size=(16, 224, 224), ref_params=8_320_048)
+def s3d_tf(*, num_classes: int = 0, **kwargs: Any) -> S3D:
+    """S3D with the TF reference's BatchNorm (eps 1e-3, momentum 1e-3), for ported TF weights."""
+    return S3D(num_classes=num_classes, **{"bn_eps": 1e-3, "bn_momentum": 1e-3, **kwargs})
 
 
 @register(input_size=(8, 32, 32))
 def s3d_debug(*, num_classes: int = 0, **kwargs: Any) -> S3D:
     """S3D with 1/8 widths (128-d features), for tests and CPU demos.
 
-    Its BN running statistics use momentum 0.1 instead of the reference's 1e-3: debug
+    Its BN running statistics use momentum 0.1 (as ``s3d``; not the TF reference's 1e-3): debug
     runs last tens to hundreds of steps, after which a 1e-3 average still holds ~80 % of
     its initial (0, 1) statistics and every eval-mode output (evaluation, CoCLR's frozen
     other-modality encoder) is meaningless (measured on the demo data: a supervised flow

@@ -8,9 +8,14 @@ positives of each query, all against the same ``[own key] + queue`` candidates:
 - ``"coclr"`` (alternation, Eq. 4.2-4.5): the own key plus the top-K queue entries
   by similarity in the *other* modality's feature space, computed by that
   modality's frozen encoder (+ frozen head) and a second queue of its keys.
-  Entries from the query's own source video are never mined. Mining starts only
-  once the queue is full; until then the loss is exactly InfoNCE. With K=0 it is
-  InfoNCE throughout.
+  Entries from the query's own source group (``group_index``: the clips of one
+  source video, e.g. one UCF101 ``gNN``) are never mined and, as in the authors'
+  code, count as positives (``same_video_positive``). On ``own_key_drop_p`` of the
+  training steps (the authors' 0.9) the own key is removed from the positive set of
+  every row that has other positives: after InfoNCE its similarity is already high
+  and would dominate the positive set. Mining starts only once the queue is full;
+  until then the loss is InfoNCE (plus same-group positives). With K=0, no
+  same-group positives and ``own_key_drop_p=0`` it is exactly InfoNCE.
 - ``"ubernce"`` (oracle, L915-L921): the own key plus every queue entry with the
   query's class label.
 
@@ -19,7 +24,8 @@ Batch contract (after the train loop has moved it to the device and normalised i
     rgb_0, rgb_1    float (B, 3, T, H, W)  two augmented clips of one video, ImageNet-normalised
     flow_0, flow_1  float (B, 3, T, H, W)  TV-L1 flow aligned with rgb_0/rgb_1, in [-1, 1];
                                            channels (x, y, 0); only the first 2 are used
-    vid_index       int64 (B,)             unique id >= 0 per source video (same-video exclusion)
+    vid_index       int64 (B,)             unique id >= 0 per video
+    group_index     int64 (B,)             source group (same-group exclusion); optional, default vid_index
     label_index     int64 (B,)             class, -1 unknown; read only by "ubernce"
 
 Clip ``_0`` is the query, clip ``_1`` the key; the other modality's features come
@@ -90,9 +96,15 @@ class CoCLRConfig:
         proj_hidden_dim: Hidden width of the head; None = backbone ``feature_dim``
             (1024→1024→128 for S3D, [EXT]).
         proj_dim: Output dim of the head ([EXT] ``moco-dim 128``).
-        same_video_positive: Also count queue entries from the query's own video as
-            positives (they are always excluded from mining). Off: P is exactly the
-            own key plus the mined top-K, and K=0 is exactly InfoNCE.
+        same_video_positive: Also count queue entries from the query's own source group
+            as positives ([EXT] ``main_coclr.py``: the mask starts as the same-source mask;
+            they are always excluded from mining). Off: P is the own key plus the mined top-K.
+        own_key_drop_p: Probability per training step of removing the own key from the
+            positives of rows that have others ([EXT] ``train_one_epoch``: 0.9; the thesis
+            does not mention it). Metrics always count the own key.
+        mining_fp32: Compute the frozen encoder's features and the mining similarities in
+            float32 even under bf16 autocast (the authors train in float32; bf16 quantises
+            similarities to ~2^-8 and reorders near-ties of the top-K).
         ubernce_loss: ``"mean_positive"`` (SupCon form, as in the authors' UberNCE
             code, [EXT] digest §3.1) or ``"multi_positive"`` (CoCLR's Eq. 4.2 form).
         shuffle_bn: Shuffle the key batch across ranks for the key encoder ([EXT]).
@@ -108,7 +120,9 @@ class CoCLRConfig:
     momentum: float = 0.999
     proj_hidden_dim: int | None = None
     proj_dim: int = 128
-    same_video_positive: bool = False
+    same_video_positive: bool = True
+    own_key_drop_p: float = 0.9
+    mining_fp32: bool = True
     ubernce_loss: Literal["mean_positive", "multi_positive"] = "mean_positive"
     shuffle_bn: bool = True
     gather_distributed: bool = True
@@ -130,6 +144,8 @@ class CoCLRConfig:
             raise ValueError(f"topk must be in [0, queue_size={self.queue_size}], got {self.topk}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.own_key_drop_p <= 1.0:
+            raise ValueError(f"own_key_drop_p must be in [0, 1], got {self.own_key_drop_p}")
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
 
@@ -214,11 +230,31 @@ class CoCLR(nn.Module):
         same_BK = vid_B[:, None] == queue.vid[None, :]
         mining = cfg.topk > 0 and self.queue_other.is_full
         if mining:
-            sim_other_BK = o_BD @ self.queue_other.keys.t()
+            sim_other_BK = o_BD.float() @ self.queue_other.keys.float().t()
             pos_BK = topk_positive_mask(sim_other_BK, cfg.topk, same_BK)
         if cfg.same_video_positive:
             pos_BK |= same_BK
         return pos_BK, mining
+
+    @torch.no_grad()
+    def _other_features(self, x_o: torch.Tensor | None) -> torch.Tensor | None:
+        """The frozen other-modality encoder's keys, in float32 when ``mining_fp32``."""
+        if self.encoder_other is None:
+            return None
+        if not self.cfg.mining_fp32:
+            return self.encoder_other(x_o)
+        with torch.autocast(x_o.device.type, enabled=False):
+            return self.encoder_other(x_o.float()).float()
+
+    def _loss_positives(self, pos_BN: torch.Tensor) -> torch.Tensor:
+        """``pos_BN`` without the own key (column 0) on ``own_key_drop_p`` of the training steps,
+        for rows that have another positive (the authors' ``mask_clone[mask_sum != 1, 0] = 0``)."""
+        p = self.cfg.own_key_drop_p
+        if not self.training or p <= 0 or float(torch.rand(())) >= p:
+            return pos_BN
+        dropped = pos_BN.clone()
+        dropped[pos_BN.sum(dim=1) > 1, 0] = False
+        return dropped
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One contrastive step on a batch (see the module docstring for the contract).
@@ -231,14 +267,14 @@ class CoCLR(nn.Module):
         """
         cfg = self.cfg
         x_q, x_k, x_o = self._views(batch)
-        vid_B = batch["vid_index"]
+        vid_B = batch.get("group_index", batch["vid_index"])
         labels_B = batch.get("label_index")
         q_BD = self.encoder_q(x_q)
         with torch.no_grad():
             if self.training:
                 self.momentum_update()
             k_BD = self._keys(x_k)
-            o_BD = self.encoder_other(x_o) if self.encoder_other is not None else None
+            o_BD = self._other_features(x_o)
             # A copy: the enqueue below writes in place, and the loss's backward reads these.
             queue_KD = self.queue.keys.clone()
             queue_labels_K = self.queue.labels.clone()
@@ -252,7 +288,7 @@ class CoCLR(nn.Module):
         else:
             logits_BN = moco_logits(q_BD, k_BD, queue_KD, cfg.temperature)
             use_mean = cfg.stage == "ubernce" and cfg.ubernce_loss == "mean_positive"
-            loss = (mean_positive_nce if use_mean else multi_positive_nce)(logits_BN, pos_BN)
+            loss = (mean_positive_nce if use_mean else multi_positive_nce)(logits_BN, self._loss_positives(pos_BN))
 
         if self.training:
             self.queue.enqueue(k_BD, vid_B, labels_B)

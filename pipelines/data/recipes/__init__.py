@@ -98,5 +98,5 @@ def make_sample(row: dict, cfg: RecipeConfig, *, seed: int, epoch: int, num_clas
     """
     rng = sampling.sample_rng(seed, epoch, row["video_id"])
     base = {"video_id": row["video_id"], "label": row["label"], "label_index": row["label_index"],
-            "vid_index": row["row"]}
+            "vid_index": row["row"], "group_index": row.get("group_index", row["row"])}
     return {**base, **cfg.sample(row, rng, read, num_classes)}

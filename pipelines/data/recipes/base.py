@@ -20,7 +20,9 @@ name:
 Common columns of every recipe (``B`` rows)::
 
     video_id: string, label: string ("" when null), label_index: int64 (-1 when null),
-    vid_index: int64 (the manifest row: a unique id per video)
+    vid_index: int64 (the manifest row: a unique id per video),
+    group_index: int64 (the source video the clip was cut from, manifest ``group_id``; clips of
+        one UCF101 group share it; CoCLR never mines an entry of the query's own group)
 
 An item row (what ``sample`` receives) has ``video_id``, ``uri``, ``flow_uri`` ("" when
 absent), ``num_frames``, ``fps``, ``label`` ("" when null), ``label_index`` (-1 when
@@ -42,7 +44,7 @@ from pipelines.io.probe import MediaError
 Read = Callable[[str, str, np.ndarray], np.ndarray]
 Columns = dict[str, tuple[str, tuple[int, ...]]]
 COMMON: Columns = {"video_id": ("string", ()), "label": ("string", ()), "label_index": ("int64", ()),
-                   "vid_index": ("int64", ())}
+                   "vid_index": ("int64", ()), "group_index": ("int64", ())}
 
 
 class Required(NamedTuple):

@@ -30,6 +30,7 @@ class Candidate:
     split: str = "train"
     segments: list[dict] = dataclasses.field(default_factory=list)
     origin: str | None = None  # "annotation-file:line" when it came from one
+    group_id: str | None = None  # the source video the clip was cut from; None: the video itself
 
 
 @dataclasses.dataclass

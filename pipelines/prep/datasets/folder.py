@@ -6,6 +6,9 @@ Class indices are the sorted class-folder names, so they do not depend on which
 files happen to be readable. Files that are not inside a class folder, or whose
 extension is not a video's, are inputs too: they are rejected with a reason, never
 ignored.
+
+``group_id``: a UCF101-style file name (``v_<Class>_gNN_cMM``) gives its group (the clips of
+one source video), any other file is its own group.
 """
 
 from __future__ import annotations
@@ -51,5 +54,13 @@ def list_inputs(src: str, *, split: str = "train") -> Listing:
         label = parts[-2]
         video_id = posixpath.splitext(r)[0]
         candidates.append(Candidate(uri, video_id, label=label, label_index=class_index[label],
-                                    split=SPLIT_NAMES[parts[0].lower()] if by_split else split))
+                                    split=SPLIT_NAMES[parts[0].lower()] if by_split else split,
+                                    group_id=_group(video_id)))
     return Listing(candidates, rejections, classes)
+
+
+def _group(video_id: str) -> str:
+    """UCF101-style names (``v_<Class>_gNN_cMM``) share their group; any other video is its own."""
+    from pipelines.prep.datasets.ucf101 import group_of
+
+    return posixpath.join(posixpath.dirname(video_id), group_of(posixpath.basename(video_id)))

@@ -3,7 +3,8 @@
 Each line is ``<video>.avi <mark>`` with mark 1 = train, 2 = test, 0 = not used in
 this split (as the dataset defines it). Rows marked 0 are kept with split
 ``unused``, so every video stays accounted for. Class indices are the sorted class
-names, the order the authors' and most code bases' label files use.
+names, the order the authors' and most code bases' label files use. ``group_id`` is the video
+itself: HMDB51 names carry no reliable source-video id.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Kinetics: CSV files with ``label,youtube_id,time_start,time_end,split``.
+"""Kinetics: CSV files with ``label,youtube_id,time_start,time_end,split``; ``group_id`` is the
+``youtube_id`` (clips of one YouTube video are one source).
 
 Videos are named ``<youtube_id>_<time_start:06d>_<time_end:06d>.mp4`` and found
 anywhere under SRC by that stem (flat, per-split or per-class folders all work).
@@ -73,5 +74,5 @@ def list_inputs(src: str) -> Listing:
         label = row["label"] or None
         candidates.append(Candidate(video, video_id, label=label,
                                     label_index=class_index[label] if label else None,
-                                    split=split, origin=origin))
+                                    split=split, origin=origin, group_id=row["youtube_id"]))
     return Listing(candidates, rejections, classes)

@@ -7,9 +7,16 @@ Formats, as the dataset ships them (1-based class numbers):
 found anywhere under SRC by base name, case-insensitively (UCF101 itself spells
 ``HandStandPushups`` two ways), or by stem when they were re-encoded to another
 container. ``label_index`` is the class number minus one.
+
+``group_id``: UCF101 cuts each source video into several clips ``v_<Class>_gNN_cMM``; the
+clips of one group ``gNN`` of one class come from one source video (the authors of CoCLR
+read the same from ``video_source.json``), so ``group_id = "<Class>_gNN"``. A name that does
+not follow the pattern is its own group.
 """
 
 from __future__ import annotations
+
+import re
 
 from pipelines.prep.datasets import (Candidate, Listing, Rejection, VideoIndex, annotation_lines,
                                 find_annotation, malformed, missing_video, stem)
@@ -25,6 +32,15 @@ def read_class_index(uri: str, rejections: list[Rejection]) -> dict[int, str]:
             continue
         names[int(parts[0]) - 1] = parts[1]
     return names
+
+
+_GROUP = re.compile(r"^v_(?P<cls>.+)_g(?P<group>\d+)_c\d+$")
+
+
+def group_of(video_id: str) -> str:
+    """``v_ApplyEyeMakeup_g08_c01`` -> ``ApplyEyeMakeup_g08``; other names are their own group."""
+    m = _GROUP.match(video_id)
+    return f"{m['cls']}_g{m['group']}" if m else video_id
 
 
 def list_inputs(src: str, *, split_id: int = 1) -> Listing:
@@ -46,7 +62,7 @@ def list_inputs(src: str, *, split_id: int = 1) -> Listing:
                 rejections.append(missing_video(path, origin, video_id=stem(path)))
                 continue
             candidates.append(Candidate(uri, stem(path), label=names[label_index], label_index=label_index,
-                                        split=split, origin=origin))
+                                        split=split, origin=origin, group_id=group_of(stem(path))))
     return Listing(candidates, rejections, [names[i] for i in sorted(names)])
 
 

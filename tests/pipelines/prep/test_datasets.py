@@ -28,6 +28,7 @@ def test_folder_layout(tmp_path):
     assert listing.classes == ["Jump", "Run"]
     got = {(c.video_id, c.label, c.label_index, c.split) for c in listing.candidates}
     assert got == {("Jump/a", "Jump", 0, "val"), ("Jump/b", "Jump", 0, "val"), ("Run/c", "Run", 1, "val")}
+    assert {c.group_id for c in listing.candidates} == {"Jump/a", "Jump/b", "Run/c"}  # each its own group
     kinds = by_kind(listing)
     assert [os.path.basename(r.source_uri) for r in kinds["not_a_video"]] == ["readme.txt"]
     assert [os.path.basename(r.source_uri) for r in kinds["bad_layout"]] == ["top.mp4"]
@@ -63,9 +64,10 @@ def test_ucf101(tmp_path):
         touch_video(tmp_path / "UCF-101" / name)
     listing = datasets.list_inputs("ucf101", str(tmp_path), split_id=1)
     assert listing.classes == ["ApplyEyeMakeup", "HandstandPushups"]
-    got = {(c.video_id, c.label_index, c.split) for c in listing.candidates}
-    assert got == {("v_ApplyEyeMakeup_g08_c01", 0, "train"), ("v_HandStandPushups_g08_c01", 1, "train"),
-                   ("v_ApplyEyeMakeup_g01_c01", 0, "test")}
+    got = {(c.video_id, c.label_index, c.split, c.group_id) for c in listing.candidates}
+    assert got == {("v_ApplyEyeMakeup_g08_c01", 0, "train", "ApplyEyeMakeup_g08"),
+                   ("v_HandStandPushups_g08_c01", 1, "train", "HandStandPushups_g08"),
+                   ("v_ApplyEyeMakeup_g01_c01", 0, "test", "ApplyEyeMakeup_g01")}
     kinds = by_kind(listing)
     assert sorted(r.origin.rsplit(":", 1)[1] for r in kinds["malformed_row"]) == ["3", "4"]
     assert [r.origin.endswith("trainlist01.txt:3") for r in kinds["unknown_class"]].count(True) == 1

@@ -80,3 +80,22 @@ def test_ingest_without_transcoding_points_at_the_sources(ray_cluster, tmp_path)
     (row,) = manifest.read_manifest(str(tmp_path / "d")).to_pylist()
     assert report.accepted == 1 and row["uri"] == row["source_uri"] == str(src / "A" / "x.mp4")
     assert not os.path.exists(tmp_path / "d" / "videos")
+
+
+def test_source_groups_reach_the_manifest_and_the_samples(ray_cluster, tmp_path):
+    """UCF101-style clips of one gNN share a group: in the manifest, and as group_index in the items."""
+    from pipelines.data import recipes
+    from pipelines.data.dataset import _items
+
+    src = tmp_path / "src"
+    for frames, name in enumerate(("v_Jump_g01_c01", "v_Jump_g01_c02", "v_Jump_g02_c01", "other"), 12):
+        make_video(src / "Jump" / f"{name}.mp4", frames)  # different bytes: no duplicates
+    run_ingest(IngestConfig(fmt="folder", src=str(src), dst=str(tmp_path / "d")))
+    table = manifest.read_manifest(str(tmp_path / "d"))
+    groups = dict(zip(table.column("video_id").to_pylist(), table.column("group_id").to_pylist()))
+    assert groups == {"Jump/v_Jump_g01_c01": "Jump/Jump_g01", "Jump/v_Jump_g01_c02": "Jump/Jump_g01",
+                      "Jump/v_Jump_g02_c01": "Jump/Jump_g02", "Jump/other": "Jump/other"}
+    items, _, _ = _items(table, recipes.recipe("classification"), "train", None)
+    index = {i["video_id"]: i["group_index"] for i in items}
+    assert index["Jump/v_Jump_g01_c01"] == index["Jump/v_Jump_g01_c02"]
+    assert len({index["Jump/v_Jump_g01_c01"], index["Jump/v_Jump_g02_c01"], index["Jump/other"]}) == 3
