@@ -394,12 +394,22 @@ def augment_clip(frames_THWC: np.ndarray, params: ClipAugParams, *, is_flow: boo
     return apply_blur(x, params.blur)
 
 
-def augment_pair(rgb_THWC: np.ndarray, flow_THWC: np.ndarray,
-                 params: ClipAugParams) -> tuple[np.ndarray, np.ndarray]:
-    """An RGB clip and its flow clip with the same crop and flip (same H x W assumed)."""
+def augment_pair(rgb_THWC: np.ndarray, flow_THWC: np.ndarray, params: ClipAugParams, *,
+                 flow_photometric: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB clip and its flow clip with the same crop and flip (same H x W assumed).
+
+    ``flow_photometric``: also give the flow clip the RGB clip's colour jitter, greyscale and
+    blur, treating the stored flow encoding as an image, as the CoCLR authors' code does (it
+    transforms the RGB and flow frames of a view as one sequence); the x-flow is still negated
+    by a flip.
+    """
     if rgb_THWC.shape[1:3] != flow_THWC.shape[1:3]:
         raise ValueError(f"RGB {rgb_THWC.shape} and flow {flow_THWC.shape} differ in H x W")
-    return augment_clip(rgb_THWC, params), augment_clip(flow_THWC, params, is_flow=True)
+    flow = augment_clip(flow_THWC, params, is_flow=True)
+    if flow_photometric:
+        flow = apply_color_jitter(flow, params.color) if _jitters(params.color) else flow
+        flow = apply_blur(apply_greyscale(flow, params.grey), params.blur)
+    return augment_clip(rgb_THWC, params), flow
 
 
 def _jitters(p: ColorJitterParams) -> bool:

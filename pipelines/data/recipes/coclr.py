@@ -1,4 +1,14 @@
-"""CoCLR's sample: two clips of one video, RGB and the aligned flow clip sharing crop and flip.
+"""CoCLR's sample: two views of one video, RGB and the aligned flow clip sharing their augmentation.
+
+View regime (``view_regime``). ``"authors"`` (default; the CoCLR code's ``TransformController``
+in ``main_coclr.py``, not described in the thesis): with probability 1/2 one clip at a random
+offset augmented twice, once strongly and once with crop and flip only (which view gets the
+strong one is drawn); else two clips at independent random offsets, each strongly augmented
+with probability ``strong_p`` (0.3), else crop and flip only. ``"two_clips"``: two clips at
+independent offsets, both strongly augmented (vidray's earlier regime; the thesis's wording
+"two clips"). Strong = the recipe's ``augment`` (crop, flip, colour jitter, grey, blur);
+with ``flow_photometric`` (the authors' code) the flow view gets the same photometric ops as
+its RGB view.
 
 Columns (``T`` frames, ``S`` crop)::
 
@@ -11,6 +21,7 @@ Flow columns hold the stored uint8 encoding of :mod:`pipelines.prep.flow` (x, y,
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
 
@@ -38,13 +49,19 @@ class CoCLRRecipe(RecipeConfig):
     read with the same indices and given the same crop and flip as each RGB clip.
 
     Attributes:
-        num_clips: views per sample (2).
+        num_clips: views per sample (2; the ``authors`` regime needs 2).
         with_flow: also read the manifest's ``flow_uri`` (required then).
+        view_regime: ``"authors"`` or ``"two_clips"`` (module docstring).
+        strong_p: ``authors`` regime: probability that a view of the two-clip case is strong.
+        flow_photometric: give flow views the photometric ops of their RGB view (the authors').
     """
 
     name = "coclr"
     num_clips: int = 2
     with_flow: bool = True
+    view_regime: Literal["authors", "two_clips"] = "authors"
+    strong_p: float = 0.3
+    flow_photometric: bool = True
 
     def columns(self, num_classes: int | None) -> Columns:
         T, S = self.clip_len, self.crop_size
@@ -66,24 +83,39 @@ class CoCLRRecipe(RecipeConfig):
     def required(self) -> tuple[Required, ...]:
         return (FLOW,) if self.with_flow else ()
 
+    def view_plan(self, rng: np.random.Generator) -> tuple[list[int], list[bool]]:
+        """For each view, which clip it shows and whether it is strongly augmented."""
+        if self.view_regime == "two_clips" or self.num_clips != 2:
+            return list(range(self.num_clips)), [True] * self.num_clips
+        if self.view_regime != "authors":
+            raise ValueError(f"view_regime must be 'authors' or 'two_clips', got {self.view_regime!r}")
+        if rng.random() < 0.5:  # one clip, augmented twice: one strong view, one crop + flip
+            strong_first = bool(rng.random() < 0.5)
+            return [0, 0], [strong_first, not strong_first]
+        return [0, 1], [bool(rng.random() < self.strong_p), bool(rng.random() < self.strong_p)]
+
     def sample(self, row: dict, rng: np.random.Generator, read: Read, num_classes: int | None) -> dict:
-        idx_VT = [self.random_clip(row["num_frames"], rng) for _ in range(self.num_clips)]
-        flat = np.concatenate(idx_VT)
+        clip_of, strong = self.view_plan(rng)
+        idx_CT = [self.random_clip(row["num_frames"], rng) for _ in range(max(clip_of) + 1)]
+        flat = np.concatenate(idx_CT)  # a clip shown twice is decoded once
         rgb = read(row["video_id"], row["uri"], flat)
         flow = read(row["video_id"], row["flow_uri"], flat) if self.with_flow else None
         if flow is not None and flow.shape[1:3] != rgb.shape[1:3]:
             raise media_error("flow_mismatch", row["flow_uri"],
                               f"flow frames {flow.shape[1:3]} differ from RGB frames {rgb.shape[1:3]}")
         T, (H, W) = self.clip_len, rgb.shape[1:3]
+        weak = dataclasses.replace(self.augment, jitter_p=0.0, grey_p=0.0, blur_p=0.0)
         out = {}
-        for v, idx in enumerate(idx_VT):
-            p = augment.sample_params(self.augment, rng, T, H, W)
-            clip = slice(v * T, (v + 1) * T)
+        for v, (c, is_strong) in enumerate(zip(clip_of, strong)):
+            p = augment.sample_params(self.augment if is_strong else weak, rng, T, H, W)
+            clip = slice(c * T, (c + 1) * T)
             if flow is not None:
-                out[f"rgb_{v}"], out[f"flow_{v}"] = augment.augment_pair(rgb[clip], flow[clip], p)
+                out[f"rgb_{v}"], out[f"flow_{v}"] = augment.augment_pair(
+                    rgb[clip], flow[clip], p, flow_photometric=self.flow_photometric)
             else:
                 out[f"rgb_{v}"] = augment.augment_clip(rgb[clip], p)
-            out[f"frame_idx_{v}"], out[f"aug_caption_{v}"] = idx, p.caption()
+            out[f"frame_idx_{v}"] = idx_CT[c]
+            out[f"aug_caption_{v}"] = f"clip {c} {'strong' if is_strong else 'crop+flip'}: {p.caption()}"
         return out
 
     def preview_rows(self, batch: dict, i: int, head: str, max_cols: int, max_views: int) -> list[PreviewRow]:

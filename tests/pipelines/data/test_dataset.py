@@ -105,22 +105,26 @@ def test_same_seed_and_epoch_reproduce_and_epochs_differ(data, name):
 
 
 def test_rgb_and_flow_clips_share_indices_and_crop(data):
-    """Replaying the sample's generator gives the indices and crop of both RGB and flow."""
+    """Replaying the sample's generator (view plan, indices, parameters) gives both RGB and flow views."""
+    import dataclasses
+
     cfg = recipes.recipe("coclr", debug_size=True)
-    batch = _batch(build_dataset(data["ucf"], cfg, "train", seed=5, limit=2))
+    weak = dataclasses.replace(cfg.augment, jitter_p=0.0, grey_p=0.0, blur_p=0.0)
+    batch = _batch(build_dataset(data["ucf"], cfg, "train", seed=5, limit=4))
     rows = manifest.read_manifest(data["ucf"]).to_pylist()
     for i, vid in enumerate(batch["video_id"]):
         row = rows[int(batch["vid_index"][i])]
         assert row["video_id"] == vid
         rng = sampling.sample_rng(5, 0, vid)
+        clip_of, strong = cfg.view_plan(rng)
         idx = [sampling.clip_indices(row["num_frames"], sampling.random_start(row["num_frames"], 8, 1, rng),
-                                     length=8, stride=1, short="pad") for _ in range(2)]
-        for v in range(2):
-            p = augment.sample_params(cfg.augment, rng, 8, row["height"], row["width"])
-            np.testing.assert_array_equal(batch[f"frame_idx_{v}"][i], idx[v])
-            assert batch[f"aug_caption_{v}"][i] == p.caption()
-            rgb = augment.augment_clip(read_frames(row["uri"], idx[v]), p)
-            flow = augment.augment_clip(read_frames(row["flow_uri"], idx[v]), p, is_flow=True)
+                                     length=8, stride=1, short="pad") for _ in range(max(clip_of) + 1)]
+        for v, (c, is_strong) in enumerate(zip(clip_of, strong)):
+            p = augment.sample_params(cfg.augment if is_strong else weak, rng, 8, row["height"], row["width"])
+            np.testing.assert_array_equal(batch[f"frame_idx_{v}"][i], idx[c])
+            assert batch[f"aug_caption_{v}"][i].endswith(p.caption())
+            rgb, flow = augment.augment_pair(read_frames(row["uri"], idx[c]), read_frames(row["flow_uri"], idx[c]),
+                                             p, flow_photometric=True)
             np.testing.assert_array_equal(batch[f"rgb_{v}"][i], rgb)
             np.testing.assert_array_equal(batch[f"flow_{v}"][i], flow)
     # The flow video decodes to its stored bytes through read_frames (decord path included).
@@ -129,6 +133,20 @@ def test_rgb_and_flow_clips_share_indices_and_crop(data):
     expected = encode_flow(read_flow(rows[0]["flow_uri"]))[idx]
     np.testing.assert_array_equal(read_frames(rows[0]["flow_uri"], idx), expected)
     np.testing.assert_array_equal(read_frames(rows[0]["flow_uri"], idx, backend="pyav"), expected)
+
+
+def test_coclr_view_regime_follows_the_authors_controller():
+    """1/2 one clip seen twice (one strong, one crop+flip view); 1/2 two clips, each strong with p 0.3."""
+    cfg = recipes.recipe("coclr")
+    rng = np.random.default_rng(0)
+    plans = [cfg.view_plan(rng) for _ in range(20000)]
+    one = [s for c, s in plans if c == [0, 0]]
+    two = [s for c, s in plans if c == [0, 1]]
+    assert abs(len(one) / len(plans) - 0.5) < 0.02 and len(one) + len(two) == len(plans)
+    assert all(sorted(s) == [False, True] for s in one)
+    assert abs(np.mean([x for s in two for x in s]) - 0.3) < 0.02
+    both = recipes.recipe("coclr", overrides=["view_regime=two_clips"])
+    assert both.view_plan(rng) == ([0, 1], [True, True])
 
 
 def test_eval_views_of_the_flow_video_for_flow_encoders(data):
