@@ -39,7 +39,10 @@ def step(text: str) -> None:
 
 
 def submit(head: LocalHead, data: Path, variant: str) -> None:
-    runtime_env = {"env_vars": {"VIDRAY_HOME": str(home()), "VIDRAY_GIT_COMMIT": git_commit()}}
+    # RAY_ADDRESS for the job's own actors: Ray Train's placement-group cleaner resolves "auto" and
+    # fails when another Ray cluster runs on this machine ("Found multiple active Ray instances").
+    runtime_env = {"env_vars": {"VIDRAY_HOME": str(home()), "VIDRAY_GIT_COMMIT": git_commit(),
+                                "RAY_ADDRESS": head.address}}
     entrypoint = ["python", "jobs/coclr.py", "--variant", variant, "--set", f"data.manifest={data / 'demo' / 'ucf101'}",
                   "--set", f"storage_path={data / 'runs'}"]
     print(f"$ ray job submit --working-dir . -- python jobs/coclr.py --variant {variant} ...", flush=True)

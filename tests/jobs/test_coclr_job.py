@@ -18,13 +18,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def head_node():
     """A real head node on free loopback ports (token auth on), stopped with its process group."""
     with LocalHead(num_cpus=2) as head:
-        yield head.dashboard_url, head.env
+        yield head.dashboard_url, {**head.env, "VIDRAY_GCS_ADDRESS": head.address}
 
 
 def test_submit_coclr_debug_from_scratch_then_get_it_from_the_registry(head_node, tmp_path):
     address, env = head_node
     # A user's job and checkout share ~/.vidray; the tests' session home stands in for it.
-    runtime_env = {"env_vars": {"VIDRAY_GIT_COMMIT": "test", "VIDRAY_HOME": env["VIDRAY_HOME"]}}
+    runtime_env = {"env_vars": {"VIDRAY_GIT_COMMIT": "test", "VIDRAY_HOME": env["VIDRAY_HOME"],
+                                "RAY_ADDRESS": env["VIDRAY_GCS_ADDRESS"]}}  # other clusters run here
     entrypoint = ["python", "jobs/coclr.py", "--variant", "debug", "--stage", "infonce_rgb",
                   "--set", "scaling.num_workers=1"]
     out = ray_job_submit(address, str(ROOT), entrypoint, runtime_env=runtime_env, env=env, capture=True)
