@@ -1,7 +1,7 @@
 """Evaluate an encoder: ``python jobs/evaluate.py --model models:/coclr-rgb@coclr_rgb_c1 --protocol retrieval,linear``.
 
 Protocols (seed 001): ``retrieval`` (R@1/5/10/20, test queries the train set),
-``linear`` (probe on frozen multi-view features), ``finetune`` (encoder + head trained,
+``linear`` and ``mlp`` (probes on frozen multi-view features), ``finetune`` (encoder + head trained,
 multi-view test). ``--model random:<backbone>`` scores a randomly initialised encoder
 (the baseline; ``--set modality=flow`` for a random flow encoder). A flow encoder
 (2 input channels, e.g. ``models:/coclr-flow@coclr_flow_c1``) is scored on views of the
@@ -30,7 +30,7 @@ from pipelines.eval.results import default_protocols, load_encoder, log_results 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="models:/NAME@alias, models:/NAME/version or random:BACKBONE")
-    p.add_argument("--protocol", help="comma list of retrieval, linear, finetune (default: the protocols the "
+    p.add_argument("--protocol", help="comma list of retrieval, linear, mlp, finetune (default: the protocols the "
                                       "training method's spec names; retrieval,linear for random:)")
     p.add_argument("--manifest", help="dataset folder or manifest URL")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="EvalConfig override k=v")

@@ -1,4 +1,4 @@
-"""Downstream evaluation protocols of the seeds: retrieval, linear probe, finetune.
+"""Downstream evaluation protocols of the seeds: retrieval, linear and MLP probes, finetune.
 
 Every protocol works on *video-level* features: each video's test views (k temporal
 windows x spatial crops, from the ``eval`` recipe) go through the frozen encoder, and
@@ -15,6 +15,9 @@ the encoder once (:class:`FeatureExtractor`).
   The seeds train the probe on augmented clips; we train it on the multi-view averaged
   features without augmentation, which is cheaper and the common practice of later
   work (stated here because the seeds differ).
+* **mlp** probe: the same on a one-hidden-layer MLP (``Linear -> BatchNorm -> ReLU -> Dropout
+  -> Linear``, hidden width = feature dim), MemDPC's "non-linear probe" (seed 001 L674-L681;
+  the thesis gives no architecture, only dropout 0.9 on the final layer, which is the default).
 * **finetune**: the whole encoder plus a linear head, trained end to end with the
   generic Ray Train loop on the ``classification`` recipe, then scored with the same
   multi-view averaging (softmax probabilities averaged over views).
@@ -140,6 +143,26 @@ def linear_probe(train: Features, test: Features, num_classes: int, *, epochs: i
     return classification_scores(logits_NK, y_te, num_classes)
 
 
+def mlp_probe(train: Features, test: Features, num_classes: int, *, epochs: int = 300, lr: float = 1e-2,
+              weight_decay: float = 1e-4, dropout: float = 0.9, seed: int = 0) -> dict[str, Any]:
+    """:func:`linear_probe` with a one-hidden-layer MLP head (module docstring); same outputs."""
+    torch.manual_seed(seed)
+    x_tr, y_tr = torch.from_numpy(train.feats_ND), torch.from_numpy(train.label_index)
+    mean, std = x_tr.mean(dim=0), x_tr.std(dim=0).clamp_min(1e-6)
+    x_tr, x_te = (x_tr - mean) / std, (torch.from_numpy(test.feats_ND) - mean) / std
+    d = x_tr.shape[1]
+    head = torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.BatchNorm1d(d), torch.nn.ReLU(),
+                               torch.nn.Dropout(dropout), torch.nn.Linear(d, num_classes))
+    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        opt.zero_grad()
+        F.cross_entropy(head(x_tr), y_tr).backward()
+        opt.step()
+    with torch.no_grad():
+        logits_NK = head.eval()(x_te)
+    return classification_scores(logits_NK, torch.from_numpy(test.label_index), num_classes)
+
+
 def classification_scores(logits_NK: torch.Tensor, labels_N: torch.Tensor, num_classes: int) -> dict[str, Any]:
     """Top-1 / top-5 accuracy (%) and the confusion matrix (rows: true class, columns: predicted)."""
     pred_N = logits_NK.argmax(dim=1)
@@ -258,13 +281,15 @@ def run_protocols(build_encoder: Callable[[], torch.nn.Module], protocols: Seque
             names[index] = label
     num_classes = max(names) + 1 if names else 0
     results: dict[str, Any] = {}
-    if {"retrieval", "linear"} & set(protocols):
+    if {"retrieval", "linear", "mlp"} & set(protocols):
         train, test = (extract_features(eval_dataset(cfg, split).dataset, build_encoder, batch_size=cfg.batch_size,
                                         modality=cfg.modality) for split in (cfg.train_split, cfg.test_split))
         if "retrieval" in protocols:
             results["retrieval"] = retrieval_recall(test, train)
         if "linear" in protocols:
             results["linear"] = linear_probe(train, test, num_classes, epochs=cfg.linear_epochs, seed=cfg.seed)
+        if "mlp" in protocols:
+            results["mlp"] = mlp_probe(train, test, num_classes, epochs=cfg.linear_epochs, seed=cfg.seed)
     if "finetune" in protocols:
         if cfg.modality != "rgb":
             raise ValueError("finetune trains on the RGB 'classification' recipe; flow encoders support "

@@ -3,10 +3,12 @@
 Adding a method: its ``vidmodels`` module, its recipe, a spec module here, and one line below.
 """
 
-from pipelines.methods import coclr, supervised
+from pipelines.methods import coclr, dpc, memdpc, supervised
 from pipelines.methods.spec import METHODS, MethodSpec, Phase, TrainJob, get_method, register
 
 __all__ = ["METHODS", "MethodSpec", "Phase", "TrainJob", "get_method", "register"]
 
 register(coclr.SPEC)
 register(supervised.SPEC)
+register(dpc.SPEC)
+register(memdpc.SPEC)

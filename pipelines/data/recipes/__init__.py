@@ -6,7 +6,7 @@ normalisation, required manifest columns, preview rows, debug size) and a ``pres
 following the seeds. Adding a recipe is a module plus one line in :data:`RECIPES`::
 
     recipe("coclr")                              # 2 x 32 frames, 128 px, RGB + flow
-    recipe("dpc", debug_size=True)               # 4 blocks x 3 frames, 64 px
+    recipe("dpc", debug_size=True)               # 4 blocks x 3 frames, 96 px
     recipe("eval", overrides=["num_clips=5", "augment.out_size=112"])
 
 Shapes are fixed per recipe, so Ray Data stores the tensor columns with its fixed-shape
