@@ -40,6 +40,7 @@ from pipelines.config import ScalingConfig
 from pipelines.train.optim import OptimConfig
 
 RECALL_KS = (1, 5, 10, 20)
+AUTHORS_KS = (1, 5, 10, 20, 50)  # the CoCLR code's retrieval
 
 
 @dataclasses.dataclass
@@ -58,7 +59,8 @@ class FeatureExtractor:
         build_encoder: zero-argument callable returning the encoder (``forward`` gives
             the pooled ``(B, D)`` embedding); called once per actor.
         device: ``"cuda"`` when the actor has a GPU, else ``"cpu"``.
-        kind: ``"features"`` (unit-length view-averaged embeddings) or ``"logits"``.
+        kind: ``"features"`` (unit-length view-averaged embeddings), ``"raw"`` (the plain mean
+            of the views' embeddings, for the authors' retrieval) or ``"logits"``.
         modality: ``"rgb"`` views are ImageNet-normalised; ``"flow"`` views (the stored
             uint8 flow encoding) are mapped to [-1, 1] and only (x, y) go in.
     """
@@ -80,7 +82,9 @@ class FeatureExtractor:
             x = x[:, :, :2]
         b, v = x.shape[:2]
         out_BVD = self.encoder(x.flatten(0, 1)).view(b, v, -1).float()
-        if self.kind == "logits":  # class probabilities averaged over views (finetune protocol)
+        if self.kind == "raw":  # the CoCLR code's test_retrieval: feature.mean(0) over views
+            feats_BD = out_BVD.mean(dim=1)
+        elif self.kind == "logits":  # class probabilities averaged over views (finetune protocol)
             feats_BD = out_BVD.softmax(dim=-1).mean(dim=1)
         else:
             feats_BD = F.normalize(F.normalize(out_BVD, dim=-1).mean(dim=1), dim=-1)
@@ -111,11 +115,21 @@ def extract_features(dataset, build_encoder: Callable[[], torch.nn.Module], *, b
                     else np.zeros((0, 0), np.float32))
 
 
-def retrieval_recall(query: Features, gallery: Features, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
-    """R@k of ``query`` against ``gallery`` by cosine similarity (features are unit length)."""
+def retrieval_recall(query: Features, gallery: Features, ks: Sequence[int] = RECALL_KS, *,
+                     center: bool = False) -> dict[str, float]:
+    """R@k of ``query`` against ``gallery`` by cosine similarity.
+
+    ``center`` (the CoCLR authors' ``test_retrieval``): each set is centred by its own mean,
+    then L2-normalised, before the similarities; without it features are used as they are
+    (unit length from :class:`FeatureExtractor`).
+    """
     if not len(query.video_id) or not len(gallery.video_id):
         raise ValueError("retrieval needs non-empty query and gallery sets")
-    sim_QG = torch.from_numpy(query.feats_ND) @ torch.from_numpy(gallery.feats_ND).T
+    q_QD, g_GD = torch.from_numpy(query.feats_ND), torch.from_numpy(gallery.feats_ND)
+    if center:
+        q_QD = F.normalize(q_QD - q_QD.mean(dim=0, keepdim=True), dim=1)
+        g_GD = F.normalize(g_GD - g_GD.mean(dim=0, keepdim=True), dim=1)
+    sim_QG = q_QD @ g_GD.T
     k_max = min(max(ks), sim_QG.shape[1])
     top_QK = sim_QG.topk(k_max, dim=1).indices.numpy()
     hits_QK = gallery.label_index[top_QK] == query.label_index[:, None]
@@ -234,6 +248,10 @@ class EvalConfig:
     finetune_scaling: ScalingConfig = dataclasses.field(
         default_factory=lambda: ScalingConfig(num_workers=1, cpus_per_worker=0.5))
     modality: str = "rgb"             # "flow": views from the manifest's flow videos (a flow encoder)
+    # "vidray": unit-length view-averaged features, R@1/5/10/20. "authors" (the CoCLR code): the
+    # plain mean of the view features, each split centred by its mean, then normalised; R@1/5/10/20/50.
+    # Their half-overlapping windows are not reproduced: views are the eval recipe's k windows.
+    retrieval: str = "vidray"
 
 
 def match_modality(cfg: EvalConfig, kwargs: dict[str, Any]) -> tuple[EvalConfig, dict[str, Any]]:
@@ -282,10 +300,15 @@ def run_protocols(build_encoder: Callable[[], torch.nn.Module], protocols: Seque
     num_classes = max(names) + 1 if names else 0
     results: dict[str, Any] = {}
     if {"retrieval", "linear", "mlp"} & set(protocols):
+        if cfg.retrieval not in ("vidray", "authors"):
+            raise ValueError(f"retrieval must be 'vidray' or 'authors', got {cfg.retrieval!r}")
+        authors = cfg.retrieval == "authors"
         train, test = (extract_features(eval_dataset(cfg, split).dataset, build_encoder, batch_size=cfg.batch_size,
-                                        modality=cfg.modality) for split in (cfg.train_split, cfg.test_split))
+                                        modality=cfg.modality, kind="raw" if authors else "features")
+                       for split in (cfg.train_split, cfg.test_split))
         if "retrieval" in protocols:
-            results["retrieval"] = retrieval_recall(test, train)
+            results["retrieval"] = retrieval_recall(test, train, AUTHORS_KS if authors else RECALL_KS,
+                                                    center=authors)
         if "linear" in protocols:
             results["linear"] = linear_probe(train, test, num_classes, epochs=cfg.linear_epochs, seed=cfg.seed)
         if "mlp" in protocols:
