@@ -17,7 +17,7 @@ the tests read specs only; no shared module branches on a method's name.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from torch import nn
 from pipelines.config import ScalingConfig
 from pipelines.train.loop import LoopConfig, Validator
 from pipelines.train.optim import OptimConfig
+
+if TYPE_CHECKING:
+    from pipelines.tune.space import SweepDefaults
 
 
 @dataclasses.dataclass
@@ -76,6 +79,8 @@ class Phase:
         init_from: encoder key -> the earlier phase whose registered encoder it starts from.
         registers: encoder keys registered as ``<model_name>-<key>`` with the alias ``name``.
         params: method-specific settings of the phase (CoCLR: ``modality``, ``stage``).
+        optim_overrides: dotted overrides of the job's ``optim`` for this phase only
+            (``("schedule=step", "milestones=250,280")``), typed as ``--set`` is.
     """
 
     name: str
@@ -83,6 +88,7 @@ class Phase:
     init_from: dict[str, str] = dataclasses.field(default_factory=dict)
     registers: tuple[str, ...] = ()
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    optim_overrides: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -122,6 +128,9 @@ class MethodSpec:
         validate: ``(job, phase) -> Validator | None``, the per-epoch validation hook.
         eval_protocols: protocols of ``jobs/evaluate.py`` that apply to its encoders.
         table_metrics: column title -> MLflow metric key shown when its encoders are compared.
+        sweep: its default search space and the metric a sweep ranks trials on
+            (``jobs/tune.py``; :mod:`pipelines.tune`); ``None``: a sweep needs ``--space``
+            and ``--metric``.
     """
 
     name: str
@@ -135,6 +144,7 @@ class MethodSpec:
     validate: Callable[[Any, Phase], Validator | None] | None = None
     eval_protocols: tuple[str, ...] = ("retrieval", "linear", "finetune")
     table_metrics: dict[str, str] = dataclasses.field(default_factory=dict)
+    sweep: SweepDefaults | None = None
 
     def schedule(self, job: Any, stage: str | None = None) -> list[Phase]:
         """The job's phases, or only ``stage``.

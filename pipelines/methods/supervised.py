@@ -18,6 +18,7 @@ from pipelines.data import recipes
 from pipelines.methods.spec import DataConfig, Encoder, MethodSpec, Phase, TrainJob
 from pipelines.train.loop import LoopConfig
 from pipelines.train.optim import OptimConfig
+from pipelines.tune.space import LogUniform, SweepDefaults, Uniform
 from vidmodels.methods import Classifier, ClassifierConfig
 from vidmodels.registry import create_backbone
 
@@ -103,6 +104,10 @@ def validate(job: SupervisedJob, phase: Phase):
                     batch_size=job.loop.batch_size)
 
 
+# Clip top-1 on the validation split after every epoch: comparable across every key below.
+SWEEP = SweepDefaults(space={"optim.lr": LogUniform(1e-4, 3e-3), "optim.weight_decay": LogUniform(1e-5, 1e-2),
+                             "method.dropout": Uniform(0.0, 0.5)}, metric="val_top1", mode="max")
+
 SPEC = MethodSpec(name="supervised", config=SupervisedJob, variants=VARIANTS, phases=phases, recipe=recipe,
                   build=build, export=export, metrics=("loss", "top1", "val_top1"), validate=validate,
-                  eval_protocols=("retrieval", "linear"))
+                  eval_protocols=("retrieval", "linear"), sweep=SWEEP)

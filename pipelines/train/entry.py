@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None, *, method: str | None = None) -> int:
     from pipelines.train.phases import run_phases
 
     init_ray()
+    ensure_dataset(job.data, [])  # the manifest first: a schedule may read it (supervised counts classes)
     phases = spec.schedule(job, args.stage)
     ensure_dataset(job.data, [spec.recipe(job, p) for p in phases])
     storage.makedirs(job.storage_path)

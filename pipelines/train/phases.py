@@ -14,6 +14,10 @@ For every phase of ``spec.schedule(job)`` (:class:`~pipelines.methods.spec.Phase
    from the latest checkpoint (same run name and storage path);
 4. it exports what the spec says (``spec.export``) and registers each encoder (pytorch
    flavour, signature, input example), then moves the alias to the new version.
+
+A caller may add tags to the job's run (a sweep nests a trial's run under the sweep's with
+``mlflow.parentRunId``) and :class:`~pipelines.train.runtime.FitOptions` to every phase's
+Ray Train run (:mod:`pipelines.tune`).
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ from typing import Any
 
 import torch
 
-from pipelines.config import flatten
+from pipelines.config import apply_overrides, flatten
 from pipelines.io import manifest, storage
 from pipelines.methods.spec import Encoder, MethodSpec, Phase
 from pipelines.train.loop import TrainTask
-from pipelines.train.runtime import epoch_clock, fit
+from pipelines.train.runtime import FitOptions, epoch_clock, fit
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +90,7 @@ def _preview(job, recipe_cfg, logger) -> None:
 
 
 def run_phase(spec: MethodSpec, job, phase: Phase, parent_run_id: str | None, fingerprint: str,
-              work: str) -> dict[str, Any]:
+              work: str, options: FitOptions | None = None) -> dict[str, Any]:
     """Train one phase; returns ``{key: registered version or None}`` (None if tracking was down)."""
     import ray
 
@@ -110,14 +114,15 @@ def run_phase(spec: MethodSpec, job, phase: Phase, parent_run_id: str | None, fi
     try:
         _preview(job, recipe_cfg, logger)
         task = TrainTask(build_method=functools.partial(spec.build, job, phase, init),
-                         video_columns=recipe_cfg.video_columns(), optim=job.optim,
+                         video_columns=recipe_cfg.video_columns(),
+                         optim=apply_overrides(job.optim, phase.optim_overrides),
                          loop=dataclasses.replace(job.loop, epochs=phase.epochs),
                          steps_per_epoch=max(1, math.floor(videos / per_step)), name=phase.name,
                          validate=spec.validate(job, phase) if spec.validate else None,
                          tracking={"experiment": job.experiment, "run_name": run_name, "uri": logger.uri},
                          epoch_clock=clock_name)
         result = fit(task, datasets={"train": pipe.dataset}, scaling=job.scaling, run_name=run_name,
-                     storage_path=job.storage_path)
+                     storage_path=job.storage_path, options=options)
         if result.error:
             raise result.error
         from pipelines.train.checkpoint import load_checkpoint_state
@@ -176,15 +181,19 @@ def _work_dir(job) -> str:
     return storage.join(os.path.abspath(job.storage_path) if local else "/tmp/vidray", job.run_name, "work")
 
 
-def run_phases(spec: MethodSpec, job, *, stage: str | None = None) -> list[dict[str, Any]]:
-    """Run every phase (or the one named ``stage``) of the job; returns what each registered."""
+def run_phases(spec: MethodSpec, job, *, stage: str | None = None, tags: dict[str, str] | None = None,
+               options: FitOptions | None = None) -> list[dict[str, Any]]:
+    """Run every phase (or the one named ``stage``) of the job; returns what each registered.
+
+    ``tags`` go on the job's run, ``options`` to every phase's Ray Train run (module docstring).
+    """
     from pipelines.tracking import RunLogger
 
     phases = spec.schedule(job, stage)
     fingerprint = manifest.fingerprint(manifest.read_manifest(job.data.manifest))
     parent = RunLogger(job.experiment)
     parent_id = parent.start(job.run_name, config=job, tags={"dataset_fingerprint": fingerprint,
-                                                             "vidray_method": spec.name})
+                                                             "vidray_method": spec.name, **(tags or {})})
     done = []
     try:
         for phase in phases:
@@ -194,7 +203,7 @@ def run_phases(spec: MethodSpec, job, *, stage: str | None = None) -> list[dict[
                       f"{', '.join(f'{v.name} v{v.version}' for v in versions.values())}); skipped", flush=True)
             else:
                 print(f"phase {phase.name}: training for {phase.epochs} epochs", flush=True)
-                versions = run_phase(spec, job, phase, parent_id, fingerprint, _work_dir(job))
+                versions = run_phase(spec, job, phase, parent_id, fingerprint, _work_dir(job), options)
             done += [{"phase": phase.name, "model": getattr(v, "name", None), "version": getattr(v, "version", None),
                       "alias": alias_for(phase.name), "run_id": getattr(v, "run_id", None)}
                      for v in versions.values()]

@@ -9,11 +9,16 @@ task's epochs are done. :func:`fit` starts the workers with a vidray
 Resuming: ``FailureConfig(max_failures)`` restarts a failed worker group from the latest
 checkpoint, and Ray Train V2 restores the checkpoint history of a run with the same
 ``name`` and ``storage_path``, so re-submitting a job resumes it.
+
+:class:`FitOptions` are what a caller adds to every run without the method knowing: a
+sweep's trial forwards reports to Ray Tune (a ``TuneReportCallback``) and caps the CPUs its
+Ray Data pipeline may take (see :mod:`pipelines.tune`).
 """
 
 from __future__ import annotations
 
 import logging
+import dataclasses
 import os
 from typing import Any
 
@@ -21,6 +26,22 @@ import torch
 
 from pipelines.config import ScalingConfig
 from pipelines.train.loop import SINKS, TrainTask, end_epoch, run_epoch, setup
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """Additions to a Ray Train run that the caller, not the method, decides.
+
+    Attributes:
+        callbacks: ``ray.train.RunConfig`` callbacks (e.g. a ``TuneReportCallback`` subclass
+            in a Tune trial); they must pickle (they run in the Train controller).
+        data_cpus: Ray Data CPU limit of the run's datasets (``DataConfig`` execution
+            options), so trials running side by side do not starve each other's trainers;
+            ``None``: Ray's default (the cluster minus what Train reserved).
+    """
+
+    callbacks: tuple[Any, ...] = ()
+    data_cpus: float | None = None
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -97,11 +118,13 @@ def epoch_clock(name: str, epoch: int = 0):
     return EpochClock.options(name=name, get_if_exists=True, lifetime="detached").remote(epoch)
 
 
-def fit(task: TrainTask, *, datasets: dict, scaling: ScalingConfig, run_name: str, storage_path: str):
+def fit(task: TrainTask, *, datasets: dict, scaling: ScalingConfig, run_name: str, storage_path: str,
+        options: FitOptions | None = None):
     """Run :func:`train_loop_per_worker` on ``scaling.num_workers`` Ray Train workers; returns the Result.
 
     NCCL on GPUs, gloo on CPUs. Checkpoints go to ``storage_path/run_name`` (a local
-    folder or an object-store URL); a run with the same name there resumes.
+    folder or an object-store URL); a run with the same name there resumes. ``options``:
+    see :class:`FitOptions`.
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -116,13 +139,27 @@ def fit(task: TrainTask, *, datasets: dict, scaling: ScalingConfig, run_name: st
         import pyarrow.fs
 
         filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+    options = options or FitOptions()
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config={"task": task}, datasets=datasets,
+        dataset_config=_data_config(options.data_cpus),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker={"CPU": scaling.cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=path, storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=task.loop.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=task.loop.keep_checkpoints)))
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=task.loop.keep_checkpoints),
+            callbacks=list(options.callbacks) or None))
     return trainer.fit()
+
+
+def _data_config(cpus: float | None):
+    """Train's default ingest options, with the CPU limit ``cpus`` when given (None: Train's default config)."""
+    if cpus is None:
+        return None
+    import ray.train
+
+    execution = ray.train.DataConfig.default_ingest_options()
+    execution.resource_limits = execution.resource_limits.copy(cpu=cpus)
+    return ray.train.DataConfig(execution_options=execution)

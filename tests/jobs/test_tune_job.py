@@ -1,0 +1,107 @@
+"""``jobs/tune.py`` end to end: a 4-trial ASHA sweep whose driver is killed mid-sweep, then ``--resume``.
+
+One sweep covers both checks of issue 13 (debug sizes, ~3 minutes on 2 cores):
+
+* the driver (a subprocess joining the session's Ray cluster as its own job) is SIGKILLed
+  once the first trial has finished; ``--resume`` in this process completes the sweep: 4
+  child runs under one parent, no duplicates, the finished trial not trained again;
+* early stopping is visible and deterministic: the space is ``grid(1e-3, 1, 1, 1e-3)``
+  over the learning rate, one trial at a time, so the two ``lr=1`` trials (training loss
+  ~50 against ~1.3) are stopped at ASHA's first rung, even though the rung was filled
+  before the kill (the replayed rungs of :class:`pipelines.tune.schedulers.ReplayingASHA`);
+* the best trial's encoder gets ``@best`` and ``jobs/registry.py get`` loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.scripts import ROOT, load_script
+
+pytestmark = pytest.mark.slow
+
+
+def _argv(tmp: Path, name: str) -> list[str]:
+    sets = [f"data.manifest={tmp / 'data' / 'debug' / 'ucf101'}", f"storage_path={tmp / 'runs'}",
+            "model_name=tune-e2e", "loop.epochs=2", "scaling.num_workers=1", "data.limit=8", "val_split=none"]
+    return ["--method", "supervised", "--variant", "debug", "--num-samples", "1", "--name", name,
+            "--no-default-space", "--space", "optim.lr=grid(1e-3, 1.0, 1.0, 1e-3)", "--metric", "epoch_loss",
+            "--mode", "min", "--max-concurrent", "1", *[a for s in sets for a in ("--set", s)]]
+
+
+def _trial_runs(name: str) -> list:
+    from pipelines.tune.tracking import trial_runs
+
+    try:
+        return trial_runs("supervised", name)
+    except Exception:  # noqa: BLE001 - the server is there; the experiment may not be yet
+        return []
+
+
+def _kill_after_first_trial(proc: subprocess.Popen, name: str, log: Path, timeout_s: float = 400) -> None:
+    """SIGKILL the driver's process group once a trial finished (its callback tagged the run)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None:
+        if any(r.data.tags.get("vidray_trial_status") == "finished" for r in _trial_runs(name)):
+            break
+        time.sleep(2)
+    assert proc.poll() is None, "the sweep ended before it could be killed:\n" + log.read_text()[-3000:]
+    assert time.time() < deadline, "no trial finished in time:\n" + log.read_text()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def test_sweep_killed_then_resumed_stops_early_and_registers_best(ray_cluster, mlflow_server, tmp_path,
+                                                                  monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    name = f"tune-e2e-{tmp_path.name}"
+    # The driver joins the session's cluster as its own Ray job, as under `ray job submit`.
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "jobs/tune.py", *_argv(tmp_path, name)], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        _kill_after_first_trial(proc, name, log)
+    finished_before = {r.data.tags["vidray_trial_id"] for r in _trial_runs(name)
+                       if r.data.tags.get("vidray_trial_status") == "finished"}
+    assert len(finished_before) < 4  # killed mid-sweep
+
+    tune_job = load_script("jobs/tune.py")
+    assert tune_job.main([*_argv(tmp_path, name), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "(resumed)" in out
+
+    runs = _trial_runs(name)
+    trial_ids = [r.data.tags["vidray_trial_id"] for r in runs]
+    assert len(runs) == 4 and len(set(trial_ids)) == 4, trial_ids  # one child run per trial, no duplicates
+    from pipelines.tune.tracking import client
+
+    parents = [r for r in client().search_runs([runs[0].info.experiment_id],
+                                               filter_string="tags.vidray_sweep_parent = 'true'")
+               if r.info.run_name == name]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
+    status = {r.data.tags["vidray_trial_id"]: r.data.tags["vidray_trial_status"] for r in runs}
+    assert sorted(status.values()) == ["finished", "finished", "stopped_early", "stopped_early"], status
+    stopped = [r for r in runs if r.data.tags["vidray_trial_status"] == "stopped_early"]
+    assert all(r.data.tags["vidray_trial_epochs"] == "1" and r.info.status == "KILLED" for r in stopped)
+    assert {float(r.data.params["optim.lr"]) for r in stopped} == {1.0}
+
+    for trial_id in finished_before:  # not trained again: Tune holds its two epoch results only
+        (result_file,) = (tmp_path / "runs" / name).glob(f"*{trial_id}*/result.json")
+        assert len(result_file.read_text().splitlines()) == 2
+
+    assert tune_job.main(_argv(tmp_path, name)) == 2  # a stored sweep is not silently started again
+    registry = load_script("jobs/registry.py")
+    assert registry.main(["get", "tune-e2e-rgb@best", "--out", str(tmp_path / "best")]) == 0
+    version = client().get_model_version_by_alias("tune-e2e-rgb", "best")
+    assert version.tags["vidray_sweep"] == name and status[version.tags["vidray_trial_id"]] == "finished"
+    assert json.loads((tmp_path / "runs" / f"{name}.sweep.json").read_text())["scheduler"] == "asha"
