@@ -65,6 +65,8 @@ VARIANTS = {"debug": debug, "demo": demo, "ucf101": ucf101}
 
 
 def _num_classes(job: SupervisedJob) -> int:
+    """``method.num_classes``, or ``K`` from the manifest's labels (read when the model is built,
+    not when the schedule is made: the schedule is checked before the dataset exists)."""
     if job.method.num_classes:
         return job.method.num_classes
     from pipelines.data.dataset import infer_num_classes
@@ -74,7 +76,7 @@ def _num_classes(job: SupervisedJob) -> int:
 
 
 def phases(job: SupervisedJob) -> list[Phase]:
-    return [Phase("supervised", job.loop.epochs, registers=("rgb",), params={"num_classes": _num_classes(job)})]
+    return [Phase("supervised", job.loop.epochs, registers=("rgb",))]
 
 
 def recipe(job: SupervisedJob, phase: Phase) -> recipes.RecipeConfig:
@@ -82,7 +84,7 @@ def recipe(job: SupervisedJob, phase: Phase) -> recipes.RecipeConfig:
 
 
 def build(job: SupervisedJob, phase: Phase, init: dict[str, dict[str, torch.Tensor]]) -> Classifier:
-    return Classifier(dataclasses.replace(job.method, num_classes=phase.params["num_classes"]))
+    return Classifier(dataclasses.replace(job.method, num_classes=_num_classes(job)))
 
 
 def export(job: SupervisedJob, phase: Phase, model: Classifier) -> dict[str, Encoder]:
@@ -100,7 +102,7 @@ def validate(job: SupervisedJob, phase: Phase):
     from pipelines.eval.validate import ClipTop1
 
     rc = recipes.recipe("eval", debug_size=job.data.debug_size, overrides=["num_clips=1", "spatial_crops=1"])
-    return ClipTop1(job.data.manifest, job.val_split, rc, phase.params["num_classes"], limit=job.val_limit,
+    return ClipTop1(job.data.manifest, job.val_split, rc, _num_classes(job), limit=job.val_limit,
                     batch_size=job.loop.batch_size)
 
 

@@ -67,9 +67,8 @@ def main(argv: list[str] | None = None, *, method: str | None = None) -> int:
     from pipelines.prep.ready import ensure_dataset
     from pipelines.train.phases import run_phases
 
+    phases = spec.schedule(job, args.stage)  # an impossible config is refused before data is touched
     init_ray()
-    ensure_dataset(job.data, [])  # the manifest first: a schedule may read it (supervised counts classes)
-    phases = spec.schedule(job, args.stage)
     ensure_dataset(job.data, [spec.recipe(job, p) for p in phases])
     storage.makedirs(job.storage_path)
     save_config(job, storage.join(job.storage_path, f"{job.run_name}.config.yaml"))

@@ -17,8 +17,8 @@ Ray Data pipeline may take (see :mod:`pipelines.tune`).
 
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 import os
 from typing import Any
 
