@@ -9,7 +9,7 @@ MLflow with a SQL backend store (PostgreSQL from the system's packages, its own 
 the state dir; sqlite when PostgreSQL is missing) and artifacts proxied to S3, credentials
 only in environment variables. Every service runs in its own process group and the state
 file (``<state>/stack.json``) records them; ``down`` stops exactly those groups (and
-PostgreSQL with ``pg_ctl stop``), nothing found by name, and never runs ``ray stop``.
+PostgreSQL with ``pg_ctl stop``), nothing found by name, and never a machine-wide Ray stop.
 The stack is ephemeral: moto keeps S3 in memory, and ``up`` starts from empty stores.
 """
 

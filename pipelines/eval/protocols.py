@@ -139,34 +139,30 @@ def retrieval_recall(query: Features, gallery: Features, ks: Sequence[int] = REC
 def linear_probe(train: Features, test: Features, num_classes: int, *, epochs: int = 300, lr: float = 1e-2,
                  weight_decay: float = 1e-4, seed: int = 0) -> dict[str, Any]:
     """Train a linear classifier on frozen features; top-1/top-5 (%) and the confusion matrix on ``test``."""
-    torch.manual_seed(seed)
-    x_tr, y_tr = torch.from_numpy(train.feats_ND), torch.from_numpy(train.label_index)
-    x_te, y_te = torch.from_numpy(test.feats_ND), torch.from_numpy(test.label_index)
-    # Standardise with the train statistics (a parameter-free BatchNorm, as MoCo v3's probe):
-    # unit-length features of a young encoder differ by tiny amounts a plain linear layer barely sees.
-    mean, std = x_tr.mean(dim=0), x_tr.std(dim=0).clamp_min(1e-6)
-    x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
-    head = torch.nn.Linear(x_tr.shape[1], num_classes)
-    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
-    for _ in range(epochs):
-        opt.zero_grad()
-        F.cross_entropy(head(x_tr), y_tr).backward()
-        opt.step()
-    with torch.no_grad():
-        logits_NK = head(x_te)
-    return classification_scores(logits_NK, y_te, num_classes)
+    return _fit_probe(lambda d: torch.nn.Linear(d, num_classes), train, test, num_classes, epochs=epochs, lr=lr,
+                      weight_decay=weight_decay, seed=seed)
 
 
 def mlp_probe(train: Features, test: Features, num_classes: int, *, epochs: int = 300, lr: float = 1e-2,
               weight_decay: float = 1e-4, dropout: float = 0.9, seed: int = 0) -> dict[str, Any]:
     """:func:`linear_probe` with a one-hidden-layer MLP head (module docstring); same outputs."""
+    def head(d: int) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.BatchNorm1d(d), torch.nn.ReLU(),
+                                   torch.nn.Dropout(dropout), torch.nn.Linear(d, num_classes))
+
+    return _fit_probe(head, train, test, num_classes, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed)
+
+
+def _fit_probe(make_head: Callable[[int], torch.nn.Module], train: Features, test: Features, num_classes: int, *,
+               epochs: int, lr: float, weight_decay: float, seed: int) -> dict[str, Any]:
+    """Full-batch Adam on frozen features standardised with the train statistics (a parameter-free
+    BatchNorm, as MoCo v3's probe: unit-length features of a young encoder differ by tiny amounts a
+    plain linear layer barely sees); scores on ``test`` in eval mode."""
     torch.manual_seed(seed)
     x_tr, y_tr = torch.from_numpy(train.feats_ND), torch.from_numpy(train.label_index)
     mean, std = x_tr.mean(dim=0), x_tr.std(dim=0).clamp_min(1e-6)
     x_tr, x_te = (x_tr - mean) / std, (torch.from_numpy(test.feats_ND) - mean) / std
-    d = x_tr.shape[1]
-    head = torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.BatchNorm1d(d), torch.nn.ReLU(),
-                               torch.nn.Dropout(dropout), torch.nn.Linear(d, num_classes))
+    head = make_head(x_tr.shape[1])
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(epochs):
         opt.zero_grad()
