@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ProjectionMLP", "LinearClassifier", "TemporalClassifier", "ConvPredictor"]
+__all__ = ["ProjectionMLP", "LinearClassifier", "TemporalClassifier", "PerFrameHead", "interpolate_time", "ConvPredictor"]
 
 
 class ProjectionMLP(nn.Module):
@@ -106,6 +106,56 @@ class TemporalClassifier(nn.Module):
             logits_BKT = F.interpolate(logits_BTK.transpose(1, 2), size=num_frames, mode="linear", align_corners=False)
             logits_BTK = logits_BKT.transpose(1, 2)
         return logits_BTK
+
+
+def interpolate_time(logits_BTK: torch.Tensor, num_frames: int, *, align_corners: bool = True) -> torch.Tensor:
+    """Linear interpolation of per-step logits along time: ``(B, T, K) -> (B, num_frames, K)``.
+
+    ``align_corners=True`` maps the first and last step onto the first and last frame,
+    as the SSDet / Coarse-Fine code upsamples stride-10 logits to every frame.
+    """
+    if num_frames == logits_BTK.shape[1]:
+        return logits_BTK
+    if logits_BTK.shape[1] == 1:
+        return logits_BTK.expand(-1, num_frames, -1)
+    out_BKT = F.interpolate(logits_BTK.transpose(1, 2), size=num_frames, mode="linear", align_corners=align_corners)
+    return out_BKT.transpose(1, 2)
+
+
+class PerFrameHead(nn.Module):
+    """The detection head of SSDet / Coarse-Fine [2]: per time step, spatial mean -> fc1 (no bias) -> ReLU
+    -> dropout -> fc2.
+
+    X3D-M's conv5 has C = 432 channels and fc1 maps them to 2048, as X3D's own ``head_proj``
+    (so K400 weights of ``head_proj`` load into ``fc1``); fc2 gives K logits per step.
+
+    Args:
+        in_dim: Channels C of the feature map.
+        num_classes: Number of classes K.
+        hidden_dim: Width D of fc1 (2048).
+        drop_rate: Dropout before fc2 (0.5).
+
+    Shape:
+        ``(B, C, T, H, W) -> (B, T, K)``, or ``(B, num_frames, K)`` interpolated linearly.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, *, hidden_dim: int = 2048, drop_rate: float = 0.5) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden_dim, bias=False)
+        self.act = nn.ReLU()
+        self.dropout = nn.Dropout(drop_rate)
+        self.fc2 = nn.Linear(hidden_dim, num_classes)
+
+    def forward(self, x_BCTHW: torch.Tensor, num_frames: int | None = None, *, pre_logits: bool = False) -> torch.Tensor:
+        z_BTD = self.act(self.fc1(x_BCTHW.mean((3, 4)).transpose(1, 2)))
+        if pre_logits:
+            return z_BTD
+        logits_BTK = self.fc2(self.dropout(z_BTD))
+        return logits_BTK if num_frames is None else interpolate_time(logits_BTK, num_frames)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new fc2 with ``num_classes`` outputs (fine-tuning from pretraining's K)."""
+        self.fc2 = nn.Linear(self.fc2.in_features, num_classes)
 
 
 class ConvPredictor(nn.Module):
