@@ -139,18 +139,25 @@ def retrieval_recall(query: Features, gallery: Features, ks: Sequence[int] = REC
 def linear_probe(train: Features, test: Features, num_classes: int, *, epochs: int = 300, lr: float = 1e-2,
                  weight_decay: float = 1e-4, seed: int = 0) -> dict[str, Any]:
     """Train a linear classifier on frozen features; top-1/top-5 (%) and the confusion matrix on ``test``."""
-    return _fit_probe(lambda d: torch.nn.Linear(d, num_classes), train, test, num_classes, epochs=epochs, lr=lr,
+    return _fit_probe(probe_head("linear", num_classes), train, test, num_classes, epochs=epochs, lr=lr,
                       weight_decay=weight_decay, seed=seed)
 
 
 def mlp_probe(train: Features, test: Features, num_classes: int, *, epochs: int = 300, lr: float = 1e-2,
               weight_decay: float = 1e-4, dropout: float = 0.9, seed: int = 0) -> dict[str, Any]:
     """:func:`linear_probe` with a one-hidden-layer MLP head (module docstring); same outputs."""
-    def head(d: int) -> torch.nn.Module:
-        return torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.BatchNorm1d(d), torch.nn.ReLU(),
-                                   torch.nn.Dropout(dropout), torch.nn.Linear(d, num_classes))
+    return _fit_probe(probe_head("mlp", num_classes, dropout=dropout), train, test, num_classes, epochs=epochs,
+                      lr=lr, weight_decay=weight_decay, seed=seed)
 
-    return _fit_probe(head, train, test, num_classes, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed)
+
+def probe_head(kind: str, num_classes: int, *, dropout: float = 0.9) -> Callable[[int], torch.nn.Module]:
+    """``d -> head`` of the ``linear`` or ``mlp`` probe."""
+    if kind == "linear":
+        return lambda d: torch.nn.Linear(d, num_classes)
+    if kind != "mlp":
+        raise ValueError(f"probe must be 'linear' or 'mlp', got {kind!r}")
+    return lambda d: torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.BatchNorm1d(d), torch.nn.ReLU(),
+                                         torch.nn.Dropout(dropout), torch.nn.Linear(d, num_classes))
 
 
 def _fit_probe(make_head: Callable[[int], torch.nn.Module], train: Features, test: Features, num_classes: int, *,
@@ -158,6 +165,13 @@ def _fit_probe(make_head: Callable[[int], torch.nn.Module], train: Features, tes
     """Full-batch Adam on frozen features standardised with the train statistics (a parameter-free
     BatchNorm, as MoCo v3's probe: unit-length features of a young encoder differ by tiny amounts a
     plain linear layer barely sees); scores on ``test`` in eval mode."""
+    logits_NK = probe_logits(make_head, train, test, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed)
+    return classification_scores(logits_NK, torch.from_numpy(test.label_index), num_classes)
+
+
+def probe_logits(make_head: Callable[[int], torch.nn.Module], train: Features, test: Features, *,
+                 epochs: int, lr: float, weight_decay: float, seed: int) -> torch.Tensor:
+    """The trained probe's ``(N_test, K)`` logits (see :func:`_fit_probe`)."""
     torch.manual_seed(seed)
     x_tr, y_tr = torch.from_numpy(train.feats_ND), torch.from_numpy(train.label_index)
     mean, std = x_tr.mean(dim=0), x_tr.std(dim=0).clamp_min(1e-6)
@@ -169,8 +183,7 @@ def _fit_probe(make_head: Callable[[int], torch.nn.Module], train: Features, tes
         F.cross_entropy(head(x_tr), y_tr).backward()
         opt.step()
     with torch.no_grad():
-        logits_NK = head.eval()(x_te)
-    return classification_scores(logits_NK, torch.from_numpy(test.label_index), num_classes)
+        return head.eval()(x_te)
 
 
 def classification_scores(logits_NK: torch.Tensor, labels_N: torch.Tensor, num_classes: int) -> dict[str, Any]:

@@ -7,8 +7,8 @@ the second initialised from the first's whole model (the authors' ``--pretrain``
 aggregator and predictor). Each phase registers the context network f + g as
 ``<model_name>-<stream>`` (backbone ``dpc_context_*``, so ``jobs/evaluate.py`` scores the
 pooled context c_t of ordinary clips with retrieval, linear and MLP probes and finetuning; the
-seed's two-stream late fusion, averaging the two streams' class scores, is not in the generic
-evaluator yet).
+seed's two-stream late fusion is ``jobs/evaluate.py --model <rgb> --fuse <flow>``, which averages the
+two streams' similarities and probe probabilities, :mod:`pipelines.eval.fusion`).
 
 A config that asks for ``q >= num_blocks`` or whose encoder map is smaller than 2x2 is
 refused by :func:`phases`, i.e. before any data is read or any worker starts.

@@ -76,5 +76,11 @@ def test_finetune_and_flow_protocols_through_the_job(ray_cluster, tmp_path_facto
                      *common]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(out) == {"model", "retrieval", "linear"} and out["retrieval"]["R@20"] == 100.0
+    assert job.main(["--model", "random:s3d_debug", "--fuse", "random:s3d_debug", "--protocol", "retrieval,linear",
+                     *common]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"fused_retrieval", "fused_linear", "fused_videos", "streams"} <= set(out)
+    assert sorted(name.split()[0] for name in out["streams"]) == ["flow", "rgb"]
+    assert out["fused_videos"] == {"videos": 8.0, "dropped": 0.0}  # 4 train + 4 test, all in both streams
     with pytest.raises(ValueError, match="flow encoders support"):
         job.main(["--model", "random:s3d_debug", "--protocol", "finetune", "--set", "modality=flow", *common])
