@@ -8,12 +8,13 @@ and DPC (flow), each for the same number of steps on samples of the ``dpc`` reci
 random initialisation, is scored through its pooled context c_t (the ``dpc_context_tiny``
 backbone in eval mode): retrieval R@1/R@5 (test queries train), linear and MLP probes
 (:mod:`pipelines.eval.protocols`) on view-averaged features, and, for DPC-RGB and random
-init, full finetuning for the same number of steps. No Ray: the figures measure the
-method, not the data plane.
+init, full finetuning for the same number of steps; the two-stream row fuses DPC-RGB and
+DPC-flow late (:mod:`pipelines.eval.fusion`, as ``jobs/evaluate.py --fuse``). No Ray: the figures
+measure the method, not the data plane.
 
 The claims (spec §E.4), each a comparison of means over seeds, with the ratio:
-DPC > random (finetune, retrieval); dense > vector; MemDPC >= DPC; flow > RGB; and
-linear < MLP < finetune. Prints one JSON object. Usage::
+DPC > random (finetune, retrieval); dense > vector; MemDPC >= DPC; flow > RGB; two-stream
+> flow; and linear < MLP < finetune. Prints one JSON object. Usage::
 
     python bench/dpc_claims.py                     # 3 seeds x 20 steps per arm (~4 min on 2 cores)
     python bench/dpc_claims.py --set steps=100     # 100 steps; seeds that do not fit --budget-s are skipped
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import PhaseTimer, envelope, load1, log, machine_info  # noqa: E402
 from pipelines.data import recipes  # noqa: E402
 from pipelines.data.normalize import normalize_video  # noqa: E402
+from pipelines.eval.fusion import fused_probe, fused_retrieval  # noqa: E402
 from pipelines.eval.protocols import Features, linear_probe, mlp_probe, retrieval_recall  # noqa: E402
 from pipelines.prep import flow as flow_mod  # noqa: E402
 from pipelines.prep import synthetic  # noqa: E402
@@ -183,11 +185,18 @@ def finetune(data, cfg: BenchConfig, state: dict, seed: int) -> float:
     return float((probs.argmax(1).numpy() == data["label"][test]).mean() * 100)
 
 
-def scores(data, cfg: BenchConfig, state: dict, modality: str, dense: bool = True) -> dict[str, float]:
-    f = features(data, cfg, state, modality, dense)
+def scores(f: dict[str, Features], cfg: BenchConfig) -> dict[str, float]:
     r = retrieval_recall(f["test"], f["train"], ks=(1, 5))
     return {"R@1": r["R@1"], "R@5": r["R@5"], "linear": linear_probe(f["train"], f["test"], cfg.classes)["top1"],
             "mlp": mlp_probe(f["train"], f["test"], cfg.classes)["top1"]}
+
+
+def two_stream(streams: list[dict[str, Features]], cfg: BenchConfig) -> dict[str, float]:
+    """Late fusion of the streams as ``jobs/evaluate.py --fuse`` (:mod:`pipelines.eval.fusion`)."""
+    pairs = [(f["train"], f["test"]) for f in streams]
+    r = fused_retrieval(pairs, ks=(1, 5))
+    return {"R@1": r["R@1"], "R@5": r["R@5"],
+            **{kind: fused_probe(pairs, cfg.classes, kind, epochs=300, seed=0)["top1"] for kind in ("linear", "mlp")}}
 
 
 ARMS = {  # name: (modality, dense, config of the pretraining or None for the random initialisation)
@@ -208,7 +217,7 @@ def method_config(cfg: BenchConfig, kind: str, modality: str) -> DPCConfig:
 
 
 def run_seed(data, cfg: BenchConfig, seed: int, timer: PhaseTimer) -> dict[str, dict]:
-    rows = {}
+    rows, feats = {}, {}
     for arm, (modality, dense, kind) in ARMS.items():
         torch.manual_seed(seed)  # every arm of a modality starts from the same encoder
         init = context(cfg, modality).state_dict()
@@ -217,11 +226,14 @@ def run_seed(data, cfg: BenchConfig, seed: int, timer: PhaseTimer) -> dict[str, 
             mcfg = method_config(cfg, kind, modality)
             init, row["ssl_top1"], row["ssl_chance"] = timer(f"seed {seed} {arm}", functools.partial(
                 pretrain, data, cfg, mcfg, modality, seed, init))
-        row.update(scores(data, cfg, init, modality, dense))
+        feats[arm] = features(data, cfg, init, modality, dense)
+        row.update(scores(feats[arm], cfg))
         if arm in ("random_rgb", "dpc_rgb"):
             row["finetune"] = timer(f"seed {seed} finetune {arm}", functools.partial(finetune, data, cfg, init, seed))
         rows[arm] = row
         log(f"seed {seed} {arm}: {json.dumps({k: round(v, 3) for k, v in row.items()})}")
+    rows["two_stream"] = two_stream([feats["dpc_rgb"], feats["dpc_flow"]], cfg)
+    log(f"seed {seed} two_stream: {json.dumps({k: round(v, 3) for k, v in rows['two_stream'].items()})}")
     return rows
 
 
@@ -235,6 +247,8 @@ CLAIMS = [  # (claim, arm, baseline arm, metric): holds when mean(arm) > mean(ba
     ("MemDPC >= DPC (linear)", "memdpc_rgb", "dpc_rgb", "linear"),
     ("flow > RGB (retrieval R@1)", "dpc_flow", "dpc_rgb", "R@1"),
     ("flow > RGB (linear)", "dpc_flow", "dpc_rgb", "linear"),
+    ("two-stream > flow (retrieval R@1)", "two_stream", "dpc_flow", "R@1"),
+    ("two-stream > flow (linear)", "two_stream", "dpc_flow", "linear"),
     ("MLP > linear probe (DPC)", "dpc_rgb", "dpc_rgb", ("mlp", "linear")),
     ("finetune > MLP probe (DPC)", "dpc_rgb", "dpc_rgb", ("finetune", "mlp")),
 ]
