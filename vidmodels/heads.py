@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ProjectionMLP", "LinearClassifier", "TemporalClassifier", "PerFrameHead", "interpolate_time", "ConvPredictor"]
+__all__ = ["ConvPredictor", "LinearClassifier", "PerFrameHead", "ProjectionMLP", "TemporalClassifier", "interpolate_time"]
 
 
 class ProjectionMLP(nn.Module):
@@ -108,11 +108,14 @@ class TemporalClassifier(nn.Module):
         return logits_BTK
 
 
-def interpolate_time(logits_BTK: torch.Tensor, num_frames: int, *, align_corners: bool = True) -> torch.Tensor:
+def interpolate_time(logits_BTK: torch.Tensor, num_frames: int, *, align_corners: bool = False) -> torch.Tensor:
     """Linear interpolation of per-step logits along time: ``(B, T, K) -> (B, num_frames, K)``.
 
-    ``align_corners=True`` maps the first and last step onto the first and last frame,
-    as the SSDet / Coarse-Fine code upsamples stride-10 logits to every frame.
+    ``align_corners=False`` (the default) is what SSDet ``train_x3d_charades_loc.py`` and
+    Coarse-Fine ``train_coarse_fineFEAT.py`` do (``F.interpolate(logits, tl, mode='linear')``):
+    step i sits at the centre of its span of ``num_frames / T`` frames and the half spans at
+    both ends take the first / last step's value. ``align_corners=True`` maps the first and
+    last step onto the first and last frame, as Coarse-Fine's stage-1 ``train_fine.py`` does.
     """
     if num_frames == logits_BTK.shape[1]:
         return logits_BTK

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidmodels.heads import ConvPredictor, LinearClassifier, ProjectionMLP, TemporalClassifier
+from vidmodels.heads import (
+    ConvPredictor,
+    LinearClassifier,
+    PerFrameHead,
+    ProjectionMLP,
+    TemporalClassifier,
+    interpolate_time,
+)
 from vidmodels.layers import ConvGRU, ConvGRUCell, SqueezeExcite3d, round_width
 
 torch.set_num_threads(1)
@@ -89,3 +96,38 @@ def test_x3d_se_widths(channels: int, expected: int) -> None:
     se = SqueezeExcite3d(channels)
     assert se.fc1.out_channels == expected
     assert se(torch.randn(1, channels, 2, 2, 2)).shape == (1, channels, 2, 2, 2)
+
+
+def test_per_frame_head_shapes_pre_logits_and_reset() -> None:
+    head = PerFrameHead(24, 7, hidden_dim=32, drop_rate=0.0)
+    assert head.fc1.bias is None  # X3D head_proj has no bias
+    x_BCTHW = torch.randn(2, 24, 4, 3, 3)
+    logits_BTK = head(x_BCTHW)
+    assert logits_BTK.shape == (2, 4, 7)
+    z_BTD = head(x_BCTHW, pre_logits=True)
+    assert z_BTD.shape == (2, 4, 32) and (z_BTD >= 0).all()  # after the ReLU
+    torch.testing.assert_close(head.fc2(z_BTD), logits_BTK)
+    # Step t only sees step t (spatial mean, then per-step layers).
+    torch.testing.assert_close(logits_BTK[:, 2], head.fc2(torch.relu(head.fc1(x_BCTHW[:, :, 2].mean((2, 3))))))
+    assert head(x_BCTHW, num_frames=40).shape == (2, 40, 7)
+    fc1 = head.fc1.weight.clone()
+    head.reset_classifier(157)
+    assert head(x_BCTHW).shape == (2, 4, 157) and head.fc2.in_features == 32
+    torch.testing.assert_close(head.fc1.weight, fc1)  # only fc2 is replaced
+
+
+def test_interpolate_time_matches_the_authors_code() -> None:
+    logits_BTK = torch.tensor([[[0.0, 1.0], [10.0, -1.0]]])  # T = 2 steps -> 20 frames
+    out_BTK = interpolate_time(logits_BTK, 20)
+    # SSDet / Coarse-Fine: F.interpolate(logits_BKT, tl, mode='linear'), i.e. align_corners=False.
+    code = torch.nn.functional.interpolate(logits_BTK.transpose(1, 2), 20, mode="linear").transpose(1, 2)
+    torch.testing.assert_close(out_BTK, code)
+    # Each step covers 10 frames and sits at their centre (frame 4.5): the outer half spans are flat.
+    torch.testing.assert_close(out_BTK[0, :5], logits_BTK[0, :1].expand(5, 2))
+    torch.testing.assert_close(out_BTK[0, 15:], logits_BTK[0, 1:].expand(5, 2))
+    torch.testing.assert_close(out_BTK[0, 9] + out_BTK[0, 10], logits_BTK[0].sum(0))  # symmetric about the middle
+    # align_corners=True (Coarse-Fine train_fine.py): first/last step on the first/last frame, linear between.
+    ends_BTK = interpolate_time(logits_BTK, 19, align_corners=True)
+    torch.testing.assert_close(ends_BTK[0, :, 0], torch.linspace(0.0, 10.0, 19))
+    assert interpolate_time(logits_BTK[:, :1], 5).shape == (1, 5, 2)
+    assert interpolate_time(logits_BTK, 2) is logits_BTK
