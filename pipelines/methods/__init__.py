@@ -3,7 +3,7 @@
 Adding a method: its ``vidmodels`` module, its recipe, a spec module here, and one line below.
 """
 
-from pipelines.methods import coclr, dpc, memdpc, supervised
+from pipelines.methods import coclr, detection, dpc, memdpc, supervised
 from pipelines.methods.spec import METHODS, MethodSpec, Phase, TrainJob, get_method, register
 
 __all__ = ["METHODS", "MethodSpec", "Phase", "TrainJob", "get_method", "register"]
@@ -12,3 +12,4 @@ register(coclr.SPEC)
 register(supervised.SPEC)
 register(dpc.SPEC)
 register(memdpc.SPEC)
+register(detection.SPEC)

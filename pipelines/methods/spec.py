@@ -44,6 +44,8 @@ class DataConfig:
         synthetic: a :mod:`pipelines.prep.synthetic` preset rendered, ingested (and given
             the flow its recipes need) at ``manifest`` when no manifest is there; ``None``:
             a missing manifest is an error naming the commands that make it.
+        format: which part of the synthetic set is ingested there: ``ucf101`` (single-action
+            clips) or ``charades`` (multi-action videos with segments).
     """
 
     manifest: str = "data/ucf101"
@@ -53,6 +55,7 @@ class DataConfig:
     seed: int = 0
     limit: int | None = None
     synthetic: str | None = None
+    format: str = "ucf101"
 
 
 @dataclasses.dataclass
@@ -81,6 +84,8 @@ class Phase:
         params: method-specific settings of the phase (CoCLR: ``modality``, ``stage``).
         optim_overrides: dotted overrides of the job's ``optim`` for this phase only
             (``("schedule=step", "milestones=250,280")``), typed as ``--set`` is.
+        data: the phase's own dataset (detection: pretraining on single-action clips, then
+            finetuning on multi-action videos); ``None`` trains on the job's ``data``.
     """
 
     name: str
@@ -89,6 +94,12 @@ class Phase:
     registers: tuple[str, ...] = ()
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     optim_overrides: tuple[str, ...] = ()
+    data: DataConfig | None = None
+
+
+def phase_data(job: Any, phase: Phase) -> DataConfig:
+    """The dataset ``phase`` trains on: its own, else the job's."""
+    return phase.data if phase.data is not None else job.data
 
 
 @dataclasses.dataclass
@@ -131,6 +142,8 @@ class MethodSpec:
         sweep: its default search space and the metric a sweep ranks trials on
             (``jobs/tune.py``; :mod:`pipelines.tune`); ``None``: a sweep needs ``--space``
             and ``--metric``.
+        finish: ``(job, done) -> None`` run after the whole schedule (not after one ``--stage``),
+            with what each phase registered: e.g. detection scores its detectors on whole test videos.
     """
 
     name: str
@@ -145,6 +158,7 @@ class MethodSpec:
     eval_protocols: tuple[str, ...] = ("retrieval", "linear", "finetune")
     table_metrics: dict[str, str] = dataclasses.field(default_factory=dict)
     sweep: SweepDefaults | None = None
+    finish: Callable[[Any, list[dict[str, Any]]], Any] | None = None
 
     def schedule(self, job: Any, stage: str | None = None) -> list[Phase]:
         """The job's phases, or only ``stage``.

@@ -33,9 +33,10 @@ def _has_manifest(url: str) -> bool:
     return storage.exists(url if url.endswith(".parquet") else storage.join(url, manifest.MANIFEST_NAME))
 
 
-def make_synthetic(url: str, preset_name: str) -> None:
-    """Render the ``preset_name`` synthetic set beside ``url`` and ingest its UCF101-style part at ``url``
-    (what else the recipes need, e.g. flow, is made by their ``Required.make``)."""
+def make_synthetic(url: str, preset_name: str, fmt: str = "ucf101") -> None:
+    """Render the ``preset_name`` synthetic set beside ``url`` and ingest its ``fmt`` part at ``url``:
+    ``ucf101`` (single-action clips) or ``charades`` (multi-action videos with segments). What
+    else the recipes need, e.g. flow, is made by their ``Required.make``."""
     from pipelines.prep.ingest import IngestConfig, run_ingest
     from pipelines.prep.synthetic import generate, preset
 
@@ -46,7 +47,9 @@ def make_synthetic(url: str, preset_name: str) -> None:
     print(f"no manifest at {url}: rendering the {preset_name!r} synthetic set into {src} and ingesting it",
           flush=True)
     generate(src, preset(preset_name), workers=1, progress=False)
-    report = run_ingest(IngestConfig(fmt="ucf101", src=os.path.join(src, "ucf101"), dst=url, gop=8))
+    if fmt not in ("ucf101", "charades"):
+        raise DatasetNotReady(f"the synthetic set has 'ucf101' and 'charades' parts, not {fmt!r}")
+    report = run_ingest(IngestConfig(fmt=fmt, src=os.path.join(src, fmt), dst=url, gop=8))
     print(f"ingested {url}: inputs {report.inputs} = accepted {report.accepted} + quarantined "
           f"{report.quarantined}", flush=True)
 
@@ -65,17 +68,17 @@ def ensure_dataset(data, recipes: Sequence) -> None:
     Raises:
         DatasetNotReady: no manifest, an empty split, or a required column missing (module docstring).
     """
-    url = data.manifest
+    url, fmt = data.manifest, getattr(data, "format", "ucf101")
     if not _has_manifest(url):
         if data.synthetic:
-            make_synthetic(url, data.synthetic)
+            make_synthetic(url, data.synthetic, fmt)
         else:
             raise DatasetNotReady(
                 f"no manifest at {url}. Ingest a dataset there first, e.g.\n"
-                f"  python jobs/ingest.py --format ucf101 --src <UCF101 folder or URL> --dst {url}\n"
+                f"  python jobs/ingest.py --format {fmt} --src <{fmt} folder or URL> --dst {url}\n"
                 f"or make a synthetic one:\n"
                 f"  python jobs/make_synthetic.py --preset tiny --out data/synthetic && "
-                f"python jobs/ingest.py --format ucf101 --src data/synthetic/ucf101 --dst {url}\n"
+                f"python jobs/ingest.py --format {fmt} --src data/synthetic/{fmt} --dst {url}\n"
                 f"(or set --set data.manifest=<URL> to a dataset that exists)")
     table = manifest.read_manifest(url)
     splits = table.column("split").to_pylist()
@@ -93,3 +96,17 @@ def ensure_dataset(data, recipes: Sequence) -> None:
             else:
                 raise DatasetNotReady(f"recipe {recipe.name!r} reads {req.column!r} and no {data.split!r} row "
                                       f"of {url} has it: {req.fix.replace('<dataset>', url)}")
+
+
+def ensure_phase_data(spec, job, phases: Sequence) -> None:
+    """:func:`ensure_dataset` for every dataset the phases train on (a phase may have its own),
+    each checked against the recipes of the phases that read it."""
+    from pipelines.methods.spec import phase_data
+
+    groups: dict[str, tuple] = {}
+    for phase in phases:
+        data = phase_data(job, phase)
+        key = f"{data.manifest}|{data.split}"
+        groups.setdefault(key, (data, []))[1].append(spec.recipe(job, phase))
+    for data, recipes in groups.values():
+        ensure_dataset(data, recipes)

@@ -31,9 +31,13 @@ def _absolute(url: str) -> str:
 
 
 def resolve_paths(job):
-    """``data.manifest`` and ``storage_path`` as absolute local paths (URLs are kept)."""
-    data = dataclasses.replace(job.data, manifest=_absolute(job.data.manifest))
-    return dataclasses.replace(job, data=data, storage_path=_absolute(job.storage_path))
+    """Every dataset's ``manifest`` (``data`` and any other :class:`DataConfig` field, e.g. a
+    pretraining set) and ``storage_path`` as absolute local paths (URLs are kept)."""
+    from pipelines.methods.spec import DataConfig
+
+    datasets = {f.name: dataclasses.replace(getattr(job, f.name), manifest=_absolute(getattr(job, f.name).manifest))
+                for f in dataclasses.fields(job) if isinstance(getattr(job, f.name), DataConfig)}
+    return dataclasses.replace(job, **datasets, storage_path=_absolute(job.storage_path))
 
 
 def parser_for(method: str | None) -> argparse.ArgumentParser:
@@ -64,16 +68,18 @@ def main(argv: list[str] | None = None, *, method: str | None = None) -> int:
         print(json.dumps(to_dict(job), indent=2))
         return 0
     from pipelines.cluster import init_ray
-    from pipelines.prep.ready import ensure_dataset
+    from pipelines.prep.ready import ensure_phase_data
     from pipelines.train.phases import run_phases
 
     phases = spec.schedule(job, args.stage)  # an impossible config is refused before data is touched
     init_ray()
-    ensure_dataset(job.data, [spec.recipe(job, p) for p in phases])
+    ensure_phase_data(spec, job, phases)
     storage.makedirs(job.storage_path)
     save_config(job, storage.join(job.storage_path, f"{job.run_name}.config.yaml"))
     done = run_phases(spec, job, stage=args.stage)
     print(f"\n{'phase':<16} {'registered model':<28} {'version':>7}  alias")
     for row in done:
         print(f"{row['phase']:<16} {str(row['model']):<28} {str(row['version']):>7}  {row['alias']}")
+    if spec.finish is not None and args.stage is None:
+        spec.finish(job, done)
     return 0

@@ -34,7 +34,7 @@ import torch
 
 from pipelines.config import apply_overrides, flatten
 from pipelines.io import manifest, storage
-from pipelines.methods.spec import Encoder, MethodSpec, Phase
+from pipelines.methods.spec import Encoder, MethodSpec, Phase, phase_data
 from pipelines.train.loop import TrainTask
 from pipelines.train.runtime import FitOptions, epoch_clock, fit
 
@@ -74,18 +74,18 @@ def fetch_encoder(job, phase: str, key: str, dst: str) -> dict[str, torch.Tensor
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _pipeline(job, recipe_cfg, *, epoch, limit=None, strings=False):
+def _pipeline(data, recipe_cfg, *, epoch, limit=None, strings=False):
     from pipelines.data.dataset import LoaderOptions, build_pipeline
 
-    return build_pipeline(job.data.manifest, recipe_cfg, job.data.split, seed=job.data.seed, epoch=epoch,
-                          limit=limit or job.data.limit, options=LoaderOptions(strings=strings))
+    return build_pipeline(data.manifest, recipe_cfg, data.split, seed=data.seed, epoch=epoch,
+                          limit=limit or data.limit, options=LoaderOptions(strings=strings))
 
 
-def _preview(job, recipe_cfg, logger) -> None:
+def _preview(data, recipe_cfg, logger) -> None:
     """Log a contact sheet of what the model sees (a few samples of epoch 0)."""
     from pipelines.data.preview import render_contact_sheet
 
-    batch = _pipeline(job, recipe_cfg, epoch=0, limit=4, strings=True).dataset.take_batch(4, batch_format="numpy")
+    batch = _pipeline(data, recipe_cfg, epoch=0, limit=4, strings=True).dataset.take_batch(4, batch_format="numpy")
     logger.log_artifact(render_contact_sheet(batch, recipe_cfg), "preview", name="preview.png")
 
 
@@ -101,7 +101,10 @@ def run_phase(spec: MethodSpec, job, phase: Phase, parent_run_id: str | None, fi
     clock_name = f"vidray-epoch-{run_name}"
     clock = epoch_clock(clock_name)
     recipe_cfg = spec.recipe(job, phase)
-    pipe = _pipeline(job, recipe_cfg, epoch=clock)
+    data = phase_data(job, phase)
+    if data is not job.data:
+        fingerprint = manifest.fingerprint(manifest.read_manifest(data.manifest))
+    pipe = _pipeline(data, recipe_cfg, epoch=clock)
     videos = len(pipe.inputs) - pipe.quarantined().num_rows  # known-bad rows are excluded up front
     per_step = job.loop.batch_size * job.scaling.num_workers * max(1, job.loop.accumulate_steps)
     tags = {"dataset_fingerprint": fingerprint, "phase": phase.name, "vidray_method": spec.name,
@@ -112,7 +115,7 @@ def run_phase(spec: MethodSpec, job, phase: Phase, parent_run_id: str | None, fi
     run_id = logger.start(run_name, config={**flatten(job), "phase.epochs": phase.epochs,
                                             "phase.init_from": str(phase.init_from)}, tags=tags)
     try:
-        _preview(job, recipe_cfg, logger)
+        _preview(data, recipe_cfg, logger)
         task = TrainTask(build_method=functools.partial(spec.build, job, phase, init),
                          video_columns=recipe_cfg.video_columns(),
                          optim=apply_overrides(job.optim, phase.optim_overrides),

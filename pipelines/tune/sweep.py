@@ -211,14 +211,14 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     import ray
 
     from pipelines.cluster import init_ray
-    from pipelines.prep.ready import ensure_dataset
+    from pipelines.prep.ready import ensure_dataset, ensure_phase_data
     from pipelines.tune.results import finish
 
     plan = resolve(_settings(cfg))
     init_ray()
     ensure_dataset(plan.job.data, [])  # a schedule may read the manifest (supervised: its classes)
     phases = plan.phases()
-    ensure_dataset(plan.job.data, [plan.spec.recipe(plan.job, p) for p in phases])  # what recipes need (flow)
+    ensure_phase_data(plan.spec, plan.job, phases)  # every phase's dataset, with what its recipe needs (flow)
     restoring = _restorable(plan)
     parent, parent_id = _open_parent(plan)
     try:

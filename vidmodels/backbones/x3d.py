@@ -203,6 +203,24 @@ class X3D(VideoBackbone):
         """Global average pool, then the head's 1x1x1 projection and ReLU: ``-> (B, 2048)``."""
         return self.head_act(self.head_proj(x_BCTHW.mean((2, 3, 4))))
 
+    def forward_frames(self, x_BCTHW: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """Per-frame logits for temporal detection: ``(B, C_in, T, H, W) -> (B, T, K)``.
+
+        X3D keeps the temporal resolution, so each input step gets logits from the same head
+        as :meth:`forward` applied without the temporal mean: spatial mean -> ``head_proj``
+        (432 -> 2048, no bias) -> ReLU -> dropout -> fc, the per-frame head of the SSDet and
+        Coarse-Fine code. ``num_frames`` interpolates the logits linearly in time to that many
+        frames as their code does (``F.interpolate(mode="linear")``, ``align_corners=False``:
+        16 steps of a stride-10 clip onto its 160 raw frames, each step at the centre of its 10).
+        """
+        from vidmodels.heads import interpolate_time
+
+        if self.num_classes == 0:
+            raise ValueError("forward_frames needs a classifier: build with num_classes > 0")
+        z_BTD = self.head_act(self.head_proj(self.forward_features(x_BCTHW).mean((3, 4)).transpose(1, 2)))
+        logits_BTK = self.head(z_BTD)
+        return logits_BTK if num_frames is None else interpolate_time(logits_BTK, num_frames)
+
 
 _X3D_XSM_SRC = (
     "params: pytorchvideo model zoo 3.79M (paper Table 3: 3.76M, without BN affine); "

@@ -12,6 +12,7 @@ from torch import nn
 
 from vidmodels.methods.classifier import Classifier, ClassifierConfig
 from vidmodels.methods.coclr import CoCLR, CoCLRConfig, CoCLRPhase, coclr_schedule
+from vidmodels.methods.detection import DetectionConfig, FrameDetector
 from vidmodels.methods.moco import KeyQueue, ProjectedEncoder
 
 __all__ = [
@@ -21,13 +22,15 @@ __all__ = [
     "CoCLR",
     "CoCLRConfig",
     "CoCLRPhase",
+    "DetectionConfig",
+    "FrameDetector",
     "KeyQueue",
     "ProjectedEncoder",
     "build_method",
     "coclr_schedule",
 ]
 
-METHODS: dict[str, type[nn.Module]] = {"coclr": CoCLR, "classifier": Classifier}
+METHODS: dict[str, type[nn.Module]] = {"coclr": CoCLR, "classifier": Classifier, "detection": FrameDetector}
 
 
 def build_method(name: str, cfg: Any) -> nn.Module:
