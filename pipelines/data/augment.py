@@ -29,14 +29,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-import cv2
 import numpy as np
+
+# The apply_* half lives in augment_ops (this file's size); re-exported so callers import augment only.
+from pipelines.data.augment_ops import (
+    apply_blur,
+    apply_color_jitter,
+    apply_crop,
+    apply_greyscale,
+    apply_hflip,
+)
 
 Scope = Literal["clip", "block", "frame"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # Normalize() of the DPC and CoCLR code
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as torchvision's rgb_to_grayscale
-_CV_MAX_CHANNELS = 128  # CV_CN_MAX: 128 in OpenCV 5 (512 in 4.x); frames are stacked in chunks of at most this
 
 
 # --------------------------------------------------------------------------- helpers
@@ -52,21 +58,6 @@ def _group_ids(num_frames: int, scope: Scope, block_len: int) -> np.ndarray:
     if scope == "frame":
         return t
     raise ValueError(f"scope must be 'clip', 'block' or 'frame', got {scope!r}")
-
-
-def _map_frames_cv2(frames_THWC: np.ndarray, fn) -> np.ndarray:
-    """Apply a per-image cv2 op to all frames at once by stacking frames along channels."""
-    T, H, W, C = frames_THWC.shape
-    stacked_HWX = np.ascontiguousarray(frames_THWC.transpose(1, 2, 0, 3).reshape(H, W, T * C))
-    step = _CV_MAX_CHANNELS - _CV_MAX_CHANNELS % C
-    parts = [fn(np.ascontiguousarray(stacked_HWX[..., i:i + step])) for i in range(0, T * C, step)]
-    parts = [p[..., None] if p.ndim == 2 else p for p in parts]  # cv2 drops a single channel
-    out = np.concatenate(parts, axis=-1)
-    return np.ascontiguousarray(out.reshape(out.shape[0], out.shape[1], T, C).transpose(2, 0, 1, 3))
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- crop
@@ -128,34 +119,12 @@ def center_crop_params(height: int, width: int, *, out_size: int,
     return CropParams((height - side) // 2, (width - side) // 2, side, side, out_size, out_size)
 
 
-def apply_crop(frames_THWC: np.ndarray, p: CropParams) -> np.ndarray:
-    """Crop every frame with the same box and resize (bilinear) to ``(out_h, out_w)``.
-
-    Returns:
-        frames_THWC: ``(T, out_h, out_w, C)``, same dtype.
-    """
-    box = frames_THWC[:, p.y0:p.y0 + p.h, p.x0:p.x0 + p.w]
-    if (p.h, p.w) == (p.out_h, p.out_w):
-        return np.ascontiguousarray(box)
-    return _map_frames_cv2(box, lambda x: cv2.resize(x, (p.out_w, p.out_h), interpolation=cv2.INTER_LINEAR))
-
-
 # --------------------------------------------------------------------------- flip
 
 
 def sample_flip(rng: np.random.Generator, p: float = 0.5) -> bool:
     """One horizontal-flip decision for the whole clip."""
     return bool(rng.random() < p)
-
-
-def apply_hflip(frames_THWC: np.ndarray, flip: bool, *, is_flow: bool = False) -> np.ndarray:
-    """Mirror left-right; on a flow clip also negate x-flow (channel 0: ``x -> 255 - x``)."""
-    if not flip:
-        return frames_THWC
-    out = np.ascontiguousarray(frames_THWC[:, :, ::-1])
-    if is_flow:
-        out[..., 0] = 255 - out[..., 0]
-    return out
 
 
 # --------------------------------------------------------------------------- colour
@@ -199,28 +168,6 @@ def sample_color_jitter(rng: np.random.Generator, num_frames: int, *, scope: Sco
     return ColorJitterParams(b, c, s, h)
 
 
-def apply_color_jitter(frames_THWC: np.ndarray, p: ColorJitterParams) -> np.ndarray:
-    """Brightness, contrast, saturation, then hue, each clipped to [0, 255]; RGB uint8 in and out.
-
-    torchvision's definitions (blend with black, with the frame's mean grey, with the
-    pixel's grey; hue rotated in HSV). Unlike torchvision the order is fixed rather
-    than shuffled per draw, so all frames are processed in one vectorised pass.
-    """
-    x = frames_THWC.astype(np.float32)
-    b, c, s = (v.reshape(-1, 1, 1, 1) for v in (p.brightness_T, p.contrast_T, p.saturation_T))
-    x = np.clip(x * b, 0, 255)
-    mean_T111 = (x @ _LUMA).mean(axis=(1, 2)).reshape(-1, 1, 1, 1)
-    x = np.clip((x - mean_T111) * c + mean_T111, 0, 255)
-    grey_THW1 = (x @ _LUMA)[..., None]
-    x = np.clip((x - grey_THW1) * s + grey_THW1, 0, 255)
-    if np.any(p.hue_T != 0):
-        T, H, W, _ = x.shape
-        hsv = cv2.cvtColor((x / 255.0).reshape(T * H, W, 3), cv2.COLOR_RGB2HSV).reshape(T, H, W, 3)
-        hsv[..., 0] = (hsv[..., 0] + 360.0 * p.hue_T.reshape(-1, 1, 1)) % 360.0
-        x = cv2.cvtColor(hsv.reshape(T * H, W, 3), cv2.COLOR_HSV2RGB).reshape(T, H, W, 3) * 255.0
-    return _to_uint8(x)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class GreyscaleParams:
     """Per-frame greyscale decisions.
@@ -245,20 +192,6 @@ def sample_greyscale(rng: np.random.Generator, num_frames: int, *, scope: Scope 
     return GreyscaleParams(grey[groups], channel[groups].astype(np.int8))
 
 
-def apply_greyscale(frames_THWC: np.ndarray, p: GreyscaleParams) -> np.ndarray:
-    """Replace the selected frames by their grey image, replicated to 3 channels."""
-    if not p.grey_T.any():
-        return frames_THWC
-    out = frames_THWC.copy()
-    sel = np.flatnonzero(p.grey_T)
-    luma = _to_uint8(frames_THWC[sel].astype(np.float32) @ _LUMA)
-    ch = p.channel_T[sel].astype(np.int64)
-    picked = np.take_along_axis(frames_THWC[sel], np.maximum(ch, 0).reshape(-1, 1, 1, 1), axis=3)[..., 0]
-    grey = np.where((ch >= 0).reshape(-1, 1, 1), picked, luma)
-    out[sel] = grey[..., None]
-    return out
-
-
 # --------------------------------------------------------------------------- blur
 
 
@@ -274,14 +207,6 @@ def sample_blur(rng: np.random.Generator, *, p: float = 0.5,
     """One blur decision and sigma for the whole clip (CoCLR: p=0.5, sigma in [0.1, 2])."""
     s = rng.uniform(*sigma)  # drawn either way, so later draws do not depend on the decision
     return BlurParams(float(s) if rng.random() < p else 0.0)
-
-
-def apply_blur(frames_THWC: np.ndarray, p: BlurParams) -> np.ndarray:
-    """Separable Gaussian blur of every frame; kernel size ``2 * ceil(3 sigma) + 1``, reflected borders."""
-    if p.sigma <= 0:
-        return frames_THWC
-    k = 2 * int(np.ceil(3 * p.sigma)) + 1
-    return _map_frames_cv2(frames_THWC, lambda x: cv2.GaussianBlur(x, (k, k), p.sigma))
 
 
 # --------------------------------------------------------------------------- composition

@@ -1,0 +1,203 @@
+"""The ``apply_*`` half of :mod:`pipelines.data.augment`: deterministic ops on uint8 ``(T, H, W, C)`` clips.
+
+Re-exported by :mod:`pipelines.data.augment` (import them from there). Each op is written
+as a few OpenCV calls on preallocated outputs instead of numpy float temporaries over the
+whole clip: per-frame ``cv2.resize`` into the output, one ``cv2.flip`` on the
+``(T*H, W, C)`` view, brightness and contrast as one per-frame lookup table (uint8 ->
+float32), saturation as a ``cv2.transform`` (a 3x3 matrix per frame), hue in float HSV,
+luma grey with ``cvtColor`` and a per-frame ``GaussianBlur``. The semantics are those of
+the numpy reference kept in ``bench/augment_reference.py``: crop, flip and blur give
+identical bytes; colour jitter computes in float32 and rounds once at the end as the
+reference does, and luma grey uses OpenCV's fixed-point weights ((9798, 19235, 3735) / 2^15 in 5.0),
+so both are within 1 grey level of it (tests/pipelines/data/test_augment_reference.py).
+
+OpenCV runs each call on its own thread pool; the data plane already runs one worker
+per CPU, so callers there should set ``cv2.setNumThreads(1)`` (bench/augment.py does).
+
+Shape legend: ``T`` frames, ``H`` height, ``W`` width, ``C`` channels.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+if TYPE_CHECKING:  # the dataclasses live in augment.py, which imports this module
+    from pipelines.data.augment import (
+        BlurParams,
+        ColorJitterParams,
+        CropParams,
+        GreyscaleParams,
+    )
+
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as torchvision's rgb_to_grayscale
+_V256 = np.arange(256, dtype=np.float32)
+_CHUNK_PIXELS = 1 << 16  # jitter 65,536 px at a time: two 768 KiB float32 buffers, about the L2 cache
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def apply_crop(frames_THWC: np.ndarray, p: CropParams) -> np.ndarray:
+    """Crop every frame with the same box and resize (``cv2.INTER_LINEAR``) to ``(out_h, out_w)``.
+
+    INTER_LINEAR is used for up- and down-scaling alike (half-pixel centres, replicated
+    box border, no antialiasing; OpenCV turns an exact 2x reduction into INTER_AREA, which
+    gives the same 2x2 mean).
+
+    Returns:
+        frames_THWC: ``(T, out_h, out_w, C)``, same dtype.
+    """
+    box = frames_THWC[:, p.y0:p.y0 + p.h, p.x0:p.x0 + p.w]
+    if (p.h, p.w) == (p.out_h, p.out_w):
+        return np.ascontiguousarray(box)
+    T, C = frames_THWC.shape[0], frames_THWC.shape[3]
+    out_THWC = np.empty((T, p.out_h, p.out_w, C), frames_THWC.dtype)
+    for t in range(T):
+        out = cv2.resize(box[t], (p.out_w, p.out_h), dst=out_THWC[t], interpolation=cv2.INTER_LINEAR)
+        if C == 1:  # cv2 drops a single channel and may then not write into dst
+            out_THWC[t, ..., 0] = out
+    return out_THWC
+
+
+def apply_hflip(frames_THWC: np.ndarray, flip: bool, *, is_flow: bool = False) -> np.ndarray:
+    """Mirror left-right; on a flow clip also negate x-flow (channel 0: ``x -> 255 - x``)."""
+    if not flip:
+        return frames_THWC
+    T, H, W, C = frames_THWC.shape
+    out_THWC = np.empty((T, H, W, C), frames_THWC.dtype)  # C order, whatever the input's
+    cv2.flip(np.ascontiguousarray(frames_THWC).reshape(T * H, W, C), 1, dst=out_THWC.reshape(T * H, W, C))
+    if is_flow:
+        out_THWC[..., 0] = 255 - out_THWC[..., 0]
+    return out_THWC
+
+
+# --------------------------------------------------------------------------- colour
+
+
+def _bc_luts(frames_THWC: np.ndarray, b_T: np.ndarray, c_T: np.ndarray) -> np.ndarray:
+    """Brightness then contrast of each frame as a 256-entry float32 table, ``(T, 256)``.
+
+    Contrast blends with the mean grey of the *brightened* frame: for ``b <= 1`` nothing clips
+    and that mean is ``b`` times the frame's; otherwise it is the mean of the table looked up
+    through the frame.
+    """
+    lut_T256 = np.clip(_V256 * b_T.astype(np.float32)[:, None], 0, 255)
+    m_T = np.zeros(len(b_T), np.float32)
+    tmp_HWC = np.empty(frames_THWC.shape[1:], np.float32)
+    for t in np.flatnonzero(c_T != 1):
+        if b_T[t] > 1:
+            m_T[t] = LUMA @ np.array(cv2.mean(cv2.LUT(frames_THWC[t], lut_T256[t], dst=tmp_HWC))[:3])
+        else:
+            m_T[t] = b_T[t] * (LUMA @ np.array(cv2.mean(frames_THWC[t])[:3]))
+    c_T1, m_T1 = c_T.astype(np.float32)[:, None], m_T[:, None]
+    contrast_T256 = np.clip((lut_T256 - m_T1) * c_T1 + m_T1, 0, 255)
+    return np.where(c_T1 != 1, contrast_T256, lut_T256)  # c == 1 keeps the table bit for bit
+
+
+def _saturation_matrices(s_T: np.ndarray) -> np.ndarray:
+    """``x -> (x - grey) * s + grey`` (``grey = LUMA . x``) as one 3x3 matrix per frame, ``(T, 3, 3)``."""
+    s_T11 = s_T.astype(np.float64)[:, None, None]
+    grey_33 = np.outer(np.ones(3), LUMA.astype(np.float64))
+    return (s_T11 * np.eye(3) + (1 - s_T11) * grey_33).astype(np.float32)
+
+
+def _runs(v_n: np.ndarray) -> list[tuple[int, int, float]]:
+    """``(start, stop, value)`` of each run of equal values (one run for a clip-wise draw)."""
+    runs, vals = [], v_n.tolist()
+    for i, v in enumerate(vals):
+        if runs and runs[-1][2] == v:
+            runs[-1] = (runs[-1][0], i + 1, v)
+        else:
+            runs.append((i, i + 1, v))
+    return runs
+
+
+def apply_color_jitter(frames_THWC: np.ndarray, p: ColorJitterParams) -> np.ndarray:
+    """Brightness, contrast, saturation, then hue, each clipped to [0, 255]; RGB uint8 in and out.
+
+    torchvision's definitions (blend with black, with the frame's mean grey, with the
+    pixel's grey; hue rotated in HSV). Unlike torchvision the order is fixed rather
+    than shuffled per draw. Computed in float32 and rounded once, as the reference; a few
+    frames at a time, so that the float32 temporaries stay in the CPU's L2 cache.
+    """
+    H, W, C = frames_THWC.shape[1:]
+    b_T, c_T, s_T, h_T = p.brightness_T, p.contrast_T, p.saturation_T, p.hue_T
+    on_T = (b_T != 1) | (c_T != 1) | (s_T != 1) | (h_T != 0)
+    out_THWC = frames_THWC.copy()  # frames the draw left alone stay exact
+    if not on_T.any():
+        return out_THWC
+    lut_T256 = _bc_luts(frames_THWC, b_T, c_T)
+    sat_T33 = _saturation_matrices(s_T)
+    shift_T = 360.0 * np.mod(h_T.astype(np.float64), 1.0)  # HSV2RGB wraps hue >= 360, not hue < 0
+    K = max(1, _CHUNK_PIXELS // (H * W))
+    x_KHWC = np.empty((K, H, W, C), np.float32)
+    hsv_KHWC = np.empty_like(x_KHWC)
+    on = np.flatnonzero(on_T)
+    for run in np.split(on, np.flatnonzero(np.diff(on) != 1) + 1):  # runs of jittered frames...
+        for k in range(0, len(run), K):  # ... in chunks of K
+            _jitter_chunk(frames_THWC, out_THWC, run[k:k + K], lut_T256, sat_T33, s_T, shift_T, x_KHWC, hsv_KHWC)
+    return out_THWC
+
+
+def _jitter_chunk(frames_THWC, out_THWC, idx, lut_T256, sat_T33, s_T, shift_T, x_KHWC, hsv_KHWC) -> None:
+    """Jitter frames ``idx`` (consecutive) into ``out_THWC`` through the float32 buffers."""
+    n, (H, W, C) = len(idx), frames_THWC.shape[1:]
+    x_nHWC, hsv_nHWC = x_KHWC[:n], hsv_KHWC[:n]
+    for i, t in enumerate(idx):
+        cv2.LUT(frames_THWC[t], lut_T256[t], dst=x_nHWC[i])
+    for a, z, s in _runs(s_T[idx]):
+        if s != 1:
+            view = x_nHWC[a:z].reshape(-1, W, C)
+            cv2.transform(view, sat_T33[idx[a]], dst=view)
+    if np.any(s_T[idx] > 1):  # s <= 1 blends two values in [0, 255]: nothing to clip
+        np.clip(x_nHWC, 0, 255, out=x_nHWC)
+    flat, hsv = x_nHWC.reshape(n * H, W, C), hsv_nHWC.reshape(n * H, W, C)
+    if np.any(shift_T[idx] != 0):  # float HSV is scale-free (V = max): no need to go to [0, 1]
+        cv2.cvtColor(flat, cv2.COLOR_RGB2HSV, dst=hsv)
+        for a, z, h in _runs(shift_T[idx]):
+            view = hsv_nHWC[a:z].reshape(-1, W, C)
+            cv2.add(view, (h, 0.0, 0.0, 0.0), dst=view)
+        cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=flat)
+    cv2.convertScaleAbs(flat, dst=out_THWC[idx[0]:idx[-1] + 1].reshape(n * H, W, C))
+
+
+def apply_greyscale(frames_THWC: np.ndarray, p: GreyscaleParams) -> np.ndarray:
+    """Replace the selected frames by their grey image (luma or one channel), replicated to 3 channels."""
+    if not p.grey_T.any():
+        return frames_THWC
+    out_THWC = frames_THWC.copy()
+    for t in np.flatnonzero(p.grey_T):
+        ch = int(p.channel_T[t])
+        if ch >= 0:
+            grey_HW = cv2.extractChannel(out_THWC[t], ch)
+        else:
+            grey_HW = cv2.cvtColor(out_THWC[t], cv2.COLOR_RGB2GRAY)
+        cv2.cvtColor(grey_HW, cv2.COLOR_GRAY2RGB, dst=out_THWC[t])
+    return out_THWC
+
+
+# --------------------------------------------------------------------------- blur
+
+
+def blur_ksize(sigma: float) -> int:
+    """Kernel size of a blur of ``sigma``: ``2 * ceil(3 sigma) + 1``."""
+    return 2 * int(np.ceil(3 * sigma)) + 1
+
+
+def apply_blur(frames_THWC: np.ndarray, p: BlurParams) -> np.ndarray:
+    """Separable Gaussian blur of every frame; kernel size ``2 * ceil(3 sigma) + 1``, reflected borders.
+
+    OpenCV's uint8 GaussianBlur is bit-exact fixed point (8-bit kernel, see
+    :mod:`pipelines.data.device_augment`), identical per frame or on stacked channels.
+    """
+    if p.sigma <= 0:
+        return frames_THWC
+    k = blur_ksize(p.sigma)
+    src_THWC = np.ascontiguousarray(frames_THWC)
+    out_THWC = np.empty(src_THWC.shape, src_THWC.dtype)
+    for t in range(len(src_THWC)):
+        cv2.GaussianBlur(src_THWC[t], (k, k), p.sigma, dst=out_THWC[t])
+    return out_THWC
