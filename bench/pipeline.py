@@ -1,4 +1,5 @@
-"""Data-pipeline throughput benchmark: raw decode vs the Ray Data pipeline vs a PyTorch DataLoader.
+"""Data-pipeline benchmark: clips/s and CPU per clip of raw decode, decode + augment, a PyTorch
+DataLoader and the Ray Data pipeline.
 
     python bench/pipeline.py [--quick | --tiny] [--data DIR] [--set videos=240 --set clip_len=32 ...]
 
@@ -9,28 +10,36 @@ written to a temporary folder and ingested twice, once transcoded to a short GOP
 keyint 250, B-frames, i.e. one keyframe per video here). The throughput figures use the
 transcoded set and exactly the same samples: the ``classification`` recipe's clips of
 epochs ``1..epochs`` (epoch 0 is the untimed warm-up), each drawn from
-``sample_rng(seed, epoch, video)`` and visited in the pipeline's per-epoch order.
+``sample_rng(seed, epoch, video)`` and visited in the pipeline's order (drawn when it is
+built, at epoch 0). The four ways (:mod:`bench.pipeline_loaders`) share the decode call
+(``read_frames`` with the manifest's codec and size), the recipe's sampling and
+augmentation code and the decode workers' allocator and thread settings
+(:mod:`pipelines.data.workers`):
 
-  raw_decode_clips_per_s   the limit: ``read_frames(uri, indices, backend, threads=1)`` for
-                           exactly the indices each sample needs and nothing else, in a
+  raw_decode_clips_per_s   the reads only: exactly the indices each sample needs, in a
                            spawn ``multiprocessing.Pool`` of ``cores`` processes.
-  ray_clips_per_s          ``build_pipeline(...)`` per epoch (decode, sampling, augmentation,
-                           quarantine ledger, Arrow tensor blocks) consumed with
-                           ``iter_torch_batches`` in this process, on the embedded Ray
-                           cluster of ``cores`` CPUs; building each epoch's dataset counts.
-  dataloader_clips_per_s   the baseline users run today: ``torch.utils.data.DataLoader``
-                           (``num_workers=cores``, persistent workers, spawn) over a Dataset
-                           calling ``recipes.make_sample`` with ``read_frames``: the same decode
-                           and augmentation code; one loader iteration per epoch.
-  decode_augment_clips_per_s  the same samples by ``recipes.make_sample`` in the spawn Pool:
-                           decode + sampling + augmentation with no loader framework, i.e. the
-                           real ceiling of both loaders (augmentation is not free: compare it
-                           with raw_decode to see what the recipe's CPU augmentation costs).
+  decode_augment_clips_per_s  whole samples by ``recipes.make_sample`` in the same Pool:
+                           decode + sampling + augmentation with no loader framework, the
+                           real ceiling of both loaders.
+  dataloader_clips_per_s   ``torch.utils.data.DataLoader`` (``num_workers=cores``, persistent
+                           workers, spawn) over a Dataset calling ``recipes.make_sample``;
+                           one loader iteration per epoch.
+  ray_clips_per_s          ``build_pipeline(...)`` built ONCE with an epoch clock
+                           (:func:`pipelines.train.runtime.epoch_clock`, as training does) and
+                           drained per epoch with ``iter_torch_batches`` in this process, on
+                           the embedded Ray cluster of ``cores`` CPUs (decode, sampling,
+                           augmentation, quarantine ledger, Arrow tensor blocks).
+  cpu_ms_per_clip          user + system CPU of the process tree per clip, for each of the
+                           four (:mod:`bench.cpu`): the driver plus, for the Pool and the
+                           DataLoader, their spawn children, and for Ray, the bench's own
+                           cluster (GCS, raylet, agents, workers). ``augment_over_decode_cpu``
+                           is (decode + augment - raw) / raw CPU per clip.
+  ray_stage_ms_per_clip    the pipeline's telemetry columns over the measured epochs
+                           (:mod:`pipelines.data.telemetry`: decode, augment, Arrow ms per clip).
   decoded_per_used_frames  ``ReadInfo.frames_decoded / frames requested`` over epoch 1's
-                           samples with the PyAV backend, on both sets (decord has no
-                           decoded-frame counter, so its figure cannot be measured).
+                           samples with the PyAV backend, on both sets.
   decode_worker_rss_mb     VmRSS of one long-lived spawned process calling
-                           ``read_frames(backend)`` on the samples (cycled), after the first
+                           ``read_frames`` on the samples (cycled), after the first
                            ``rss_first`` and after the last of ``rss_clips`` clips.
 
 The DataLoader uses ``spawn``: this process runs Ray (gRPC threads) and OpenCV, and
@@ -38,12 +47,12 @@ forking a process that holds such thread pools can deadlock (decord #220, torchv
 #9010); spawn only costs start-up time, which the warm-up epoch excludes. The four
 throughput measurements run one after another, never at once, in ``rounds`` rounds with
 the order rotated each round; the headline figure is the median, and every round is in
-``rounds_detail`` with the 1-minute load average around it, so a load spike shows as a
-disagreement between rounds. Compare the ratios across machines, not the clips/s. The
-goals are reported in ``goals_met``, never asserted. With ``coclr_epochs > 0`` the same
-four figures are measured for the ``coclr`` recipe (two clips, RGB + Farneback flow).
-Ray Data's progress bars are off (display only; they would interleave with the log).
-``--data DIR`` keeps the videos for a re-run with the same settings (ingest skips known files).
+``rounds_detail`` with the 1-minute load average around it. Compare ratios across
+machines, not clips/s. The goals are reported in ``goals_met``, never asserted: Ray CPU
+per clip <= 1.2x decode + augment, Ray clips/s >= the DataLoader's and >= 0.85x decode +
+augment. With ``coclr_epochs > 0`` the same figures are measured for the ``coclr`` recipe
+(two clips, RGB + Farneback flow). ``--data DIR`` keeps the videos for a re-run with the
+same settings (ingest skips known files).
 
 Shape legend: ``T`` frames per clip, ``S`` crop size.
 """
@@ -51,19 +60,18 @@ Shape legend: ``T`` frames per clip, ``S`` crop size.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import gc
 import json
 import logging
 import math
-import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -71,16 +79,16 @@ sys.path.insert(0, str(ROOT))
 from bench import common  # noqa: E402
 from bench.common import load1, log  # noqa: E402
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from bench.cpu import CpuMeter  # noqa: E402
+from bench.pipeline_decode import decode_ratios, decode_worker_rss, decoded_per_used  # noqa: E402
+from bench.pipeline_loaders import (ClipDataset, DecodeChunk, Loader, RayRunner, SampleChunk,  # noqa: E402
+                                    WorkerPool, items_of, plan, sample_order)
+from pipelines.data import recipes, telemetry  # noqa: E402
+from pipelines.data.tasks import media_of  # noqa: E402
+from pipelines.data.workers import decode_worker_env  # noqa: E402
 
-from pipelines.io import manifest  # noqa: E402
-from pipelines.data import recipes  # noqa: E402
-from pipelines.io.video import ReadInfo, read_frames  # noqa: E402
-
-Sample = list[tuple[str, np.ndarray]]  # the reads of one sample: (uri, frame indices) per file
-SPLIT = "train"
+CPU_GROUP = {"raw": "spawn", "decode_augment": "spawn", "dataloader": "spawn", "ray": "ray"}  # see bench/cpu.py
+JSON_NAME = {"raw": "raw_decode", "decode_augment": "decode_augment", "dataloader": "dataloader", "ray": "ray"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +110,7 @@ class BenchConfig:
     rss_first: int = 500
     coclr_epochs: int = 2      # 0 skips the CoCLR section (flow computation + two-clip samples)
     cores: int = len(os.sched_getaffinity(0))
-    rows_per_task: int = 4     # LoaderOptions default
+    rows_per_task: int | None = None  # LoaderOptions default: sized from the dataset (auto_rows_per_task)
     backend: str = "auto"      # read_frames backend of every throughput and RSS measurement
     seed: int = 0
 
@@ -142,302 +150,58 @@ def prepare_data(cfg: BenchConfig, root: Path) -> dict[str, str]:
     return out
 
 
-def keyframe_interval(uris: Iterable[str]) -> float:
-    """Mean frames per keyframe over the files (from packet flags, no decoding)."""
-    import av
-
-    packets = keys = 0
-    for uri in uris:
-        with av.open(uri) as container:
-            for packet in container.demux(video=0):
-                if packet.size:
-                    packets += 1
-                    keys += bool(packet.is_keyframe)
-    return round(packets / max(keys, 1), 2)
-
-
-# --------------------------------------------------------------------------- samples
-
-
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """The pipeline's sample order of an epoch (the permutation ``build_pipeline`` draws)."""
-    return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-
-
-def items_of(manifest_dir: str, rcfg: recipes.RecipeConfig, limit: int) -> list[dict]:
-    """The item rows ``build_pipeline`` turns into samples (its own private helper, so they match)."""
-    from pipelines.data.dataset import _items
-
-    items, excluded, _ = _items(manifest.read_manifest(manifest_dir), rcfg, SPLIT, limit)
-    if excluded:
-        raise RuntimeError(f"{len(excluded)} rows unusable by {rcfg.name!r}: {excluded[:2]}")
-    return items
-
-
-class _Planned(Exception):
-    """Raised by the recording reader once a sample's reads are known (skips augmentation)."""
-
-
-def sample_reads(item: dict, rcfg: recipes.RecipeConfig, seed: int, epoch: int) -> Sample:
-    """The exact ``(uri, indices)`` reads of one sample, from :func:`recipes.make_sample` itself."""
-    reads: Sample = []
-    n_reads = 2 if rcfg.needs_flow else 1  # every sampler reads all its files before augmenting
-
-    def record(video_id: str, uri: str, idx: np.ndarray) -> np.ndarray:
-        reads.append((uri, np.asarray(idx, np.int64)))
-        if len(reads) == n_reads:
-            raise _Planned
-        return np.zeros((len(idx), 2, 2, 3), np.uint8)
-
-    try:
-        recipes.make_sample(item, rcfg, seed=seed, epoch=epoch, num_classes=None, read=record)
-    except _Planned:
-        pass
-    return reads
-
-
-def plan(items: list[dict], rcfg: recipes.RecipeConfig, seed: int, epochs: Iterable[int]) -> dict[int, list[Sample]]:
-    """``{epoch: [reads of each sample, in pipeline order]}``."""
-    return {e: [sample_reads(items[i], rcfg, seed, e) for i in epoch_order(len(items), seed, e, rcfg.shuffle)]
-            for e in epochs}
-
-
-# --------------------------------------------------------------------------- raw decode
-
-
-def _init_worker(*_: Any) -> None:
-    cv2.setNumThreads(1)  # one process per core, as Ray's decode tasks
-    torch.set_num_threads(1)
-
-
-def _decode_samples(samples: list[Sample], backend: str) -> int:
-    for sample in samples:
-        for uri, idx in sample:
-            read_frames(uri, idx, backend=backend, threads=1)
-    return len(samples)
-
-
-@dataclasses.dataclass(frozen=True)
-class _DecodeChunk:
-    """Pool task of the raw-decode figure: the reads only."""
-
-    backend: str
-
-    def __call__(self, samples: list[Sample]) -> int:
-        return _decode_samples(samples, self.backend)
-
-
-@dataclasses.dataclass(frozen=True)
-class _SampleChunk:
-    """Pool task of the decode+augment figure: whole samples, no loader framework."""
-
-    dataset: "ClipDataset"
-
-    def __call__(self, keys: list[tuple[int, int]]) -> int:
-        for key in keys:
-            self.dataset[key]
-        return len(keys)
-
-
-class WorkerPool:
-    """A spawn ``multiprocessing.Pool`` of ``cores`` processes fed small chunks (balanced tails)."""
-
-    def __init__(self, cores: int) -> None:
-        self.cores = cores
-        self.pool = multiprocessing.get_context("spawn").Pool(cores, initializer=_init_worker)
-
-    def run(self, fn: Callable[[list], int], tasks: list) -> int:
-        size = max(1, len(tasks) // (self.cores * 8))
-        return sum(self.pool.imap_unordered(fn, [tasks[i:i + size] for i in range(0, len(tasks), size)]))
-
-    def close(self) -> None:
-        self.pool.close()
-        self.pool.join()
-
-
-# --------------------------------------------------------------------------- DataLoader baseline
-
-
-class ClipDataset(torch.utils.data.Dataset):
-    """``dataset[(epoch, i)]``: sample ``i`` of ``epoch`` by :func:`recipes.make_sample`, tensors only."""
-
-    def __init__(self, items: list[dict], rcfg: recipes.RecipeConfig, seed: int, backend: str) -> None:
-        self.items, self.rcfg, self.seed, self.backend = items, rcfg, seed, backend
-        self.drop = set(recipes.string_columns(rcfg))  # as LoaderOptions(strings=False)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        epoch, i = key
-        sample = recipes.make_sample(self.items[i], self.rcfg, seed=self.seed, epoch=epoch, num_classes=None,
-                                     read=self.read)
-        return {k: v for k, v in sample.items() if k not in self.drop}
-
-    def read(self, video_id: str, uri: str, idx: np.ndarray) -> np.ndarray:
-        return read_frames(uri, idx, backend=self.backend, threads=1)
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """Keys ``(epoch, i)`` in the pipeline's order; set ``.epoch`` before iterating (runs in the main process)."""
-
-    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
-        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
-
-    def __iter__(self):
-        return iter([(self.epoch, int(i)) for i in epoch_order(self.n, self.seed, self.epoch, self.shuffle)])
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class Loader:
-    """The DataLoader baseline, workers kept across epochs and rounds."""
-
-    def __init__(self, cfg: BenchConfig, items: list[dict], rcfg: recipes.RecipeConfig) -> None:
-        self.sampler = EpochSampler(len(items), cfg.seed, rcfg.shuffle)
-        self.loader = torch.utils.data.DataLoader(
-            ClipDataset(items, rcfg, cfg.seed, cfg.backend), batch_size=cfg.batch_size, sampler=self.sampler,
-            num_workers=cfg.cores, persistent_workers=True, multiprocessing_context="spawn",
-            worker_init_fn=_init_worker)
-        self.key = first_clip_column(rcfg)
-
-    def run(self, epochs: Iterable[int]) -> int:
-        clips = 0
-        for epoch in epochs:
-            self.sampler.epoch = epoch
-            clips += sum(batch[self.key].shape[0] for batch in self.loader)
-        return clips
-
-    def close(self) -> None:
-        del self.loader  # ends the persistent workers
-
-
-def first_clip_column(rcfg: recipes.RecipeConfig) -> str:
-    return next(iter(rcfg.video_columns()))
-
-
-# --------------------------------------------------------------------------- Ray Data pipeline
-
-
-def ray_run(cfg: BenchConfig, manifest_dir: str, rcfg: recipes.RecipeConfig, epochs: Iterable[int]) -> int:
-    """Build and drain the pipeline of each epoch; raises if a sample went missing."""
-    from pipelines.data.dataset import LoaderOptions, build_pipeline
-
-    options = LoaderOptions(strings=False, rows_per_task=cfg.rows_per_task, backend=cfg.backend)
-    key, clips = first_clip_column(rcfg), 0
-    for epoch in epochs:
-        pipe = build_pipeline(manifest_dir, rcfg, SPLIT, seed=cfg.seed, epoch=epoch, limit=cfg.videos,
-                              options=options)
-        got = sum(batch[key].shape[0] for batch in pipe.dataset.iter_torch_batches(batch_size=cfg.batch_size))
-        if not pipe.accounting(got)["balanced"] or got != len(pipe.inputs):
-            raise RuntimeError(f"epoch {epoch}: {pipe.accounting(got)}")
-        clips += got
-    return clips
-
-
 # --------------------------------------------------------------------------- measurements
 
 
-def timed(fn: Callable[[], int]) -> dict[str, float]:
-    """Run ``fn`` (returning clips); clips, seconds, clips/s and the 1-min load around it."""
+def timed(fn: Callable[[], int], group: str) -> dict[str, float]:
+    """Run ``fn`` (returning clips); clips, seconds, clips/s, CPU ms per clip of the driver and
+    ``group`` (:mod:`bench.cpu`) and the 1-min load around it."""
     before, start = load1(), time.perf_counter()
-    clips = fn()
-    seconds = time.perf_counter() - start
+    with CpuMeter() as meter:
+        clips = fn()
+    seconds, cpu = time.perf_counter() - start, meter.seconds(group)
     return {"clips": clips, "seconds": round(seconds, 2), "clips_per_s": round(clips / seconds, 2),
-            "load_before": before, "load_after": load1()}
+            "cpu_s": round(cpu, 2), "cpu_ms_per_clip": round(1000 * cpu / max(1, clips), 2),
+            "cores_busy": round(cpu / seconds, 2), "load_before": before, "load_after": load1()}
+
+
+def _runners(cfg: BenchConfig, manifest_dir: str, rcfg: recipes.RecipeConfig, items: list[dict], epochs: int):
+    """``({name: fn(epochs) -> clips}, closers, ray runner)`` over the same samples."""
+    plans = plan(items, rcfg, cfg.seed, range(0, epochs + 1))
+    keys = {e: [(e, int(i)) for i in sample_order(len(items), cfg.seed, rcfg.shuffle)] for e in plans}
+    pool, loader, ray_runner = WorkerPool(cfg.cores), Loader(cfg, items, rcfg), RayRunner(cfg, manifest_dir, rcfg)
+    decode = DecodeChunk(cfg.backend, media_of(items))
+    make = SampleChunk(ClipDataset(items, rcfg, cfg.seed, cfg.backend))
+    runs = {"raw": lambda es: pool.run(decode, [s for e in es for s in plans[e]]),
+            "decode_augment": lambda es: pool.run(make, [k for e in es for k in keys[e]]),
+            "dataloader": loader.run, "ray": ray_runner.run}
+    return runs, (pool.close, loader.close, ray_runner.close), ray_runner
 
 
 def throughput(cfg: BenchConfig, manifest_dir: str, rcfg: recipes.RecipeConfig, epochs: int,
                rounds: int) -> dict[str, Any]:
-    """Median clips/s of each way of producing the same samples, with every round's detail."""
+    """Median clips/s and CPU ms per clip of each way of producing the same samples, every round's detail."""
     items = items_of(manifest_dir, rcfg, cfg.videos)
     measured = range(1, epochs + 1)
-    plans = plan(items, rcfg, cfg.seed, range(0, epochs + 1))
-    keys = {e: [(e, int(i)) for i in epoch_order(len(items), cfg.seed, e, rcfg.shuffle)] for e in plans}
-    pool, loader = WorkerPool(cfg.cores), Loader(cfg, items, rcfg)
-    decode, make = _DecodeChunk(cfg.backend), _SampleChunk(ClipDataset(items, rcfg, cfg.seed, cfg.backend))
-    runs = {"raw": lambda es: pool.run(decode, [s for e in es for s in plans[e]]),
-            "decode_augment": lambda es: pool.run(make, [k for e in es for k in keys[e]]),
-            "dataloader": loader.run, "ray": lambda es: ray_run(cfg, manifest_dir, rcfg, es)}
+    runs, closers, ray_runner = _runners(cfg, manifest_dir, rcfg, items, epochs)
     names, detail = list(runs), {name: [] for name in runs}
     try:
         log(f"{rcfg.name}: warm-up (epoch 0 of each)")
-        warm = {name: timed(lambda: fn([0])) for name, fn in runs.items()}
+        warm = {name: timed(lambda: fn([0]), CPU_GROUP[name]) for name, fn in runs.items()}
+        ray_runner.stages = telemetry.StageTotals()  # measured epochs only
         for r in range(rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:  # rotated: drift hits each alike
                 log(f"{rcfg.name}: round {r + 1}/{rounds} {name} ({epochs * len(items)} clips)")
-                detail[name].append(timed(lambda: runs[name](measured)))
+                detail[name].append(timed(lambda: runs[name](measured), CPU_GROUP[name]))
                 log(f"  {detail[name][-1]}")
     finally:
-        pool.close()
-        loader.close()
-    median = {k: round(statistics.median(d["clips_per_s"] for d in v), 2) for k, v in detail.items()}
-    return {"clips_per_s": median, "rounds_detail": detail, "warm_up": warm,
-            "clips_per_measurement": epochs * len(items)}
-
-
-def decoded_per_used(samples: list[Sample]) -> dict[str, Any]:
-    """PyAV's decoded frames per requested frame over the reads (one-thread decode)."""
-    decoded = used = seeks = reads = 0
-    for sample in samples:
-        for uri, idx in sample:
-            info = ReadInfo()
-            read_frames(uri, idx, backend="pyav", threads=1, info=info)
-            decoded, used, seeks, reads = decoded + info.frames_decoded, used + len(idx), seeks + info.seeks, reads + 1
-    return {"ratio": round(decoded / used, 3), "frames_decoded": decoded, "frames_used": used, "reads": reads,
-            "seeks_per_read": round(seeks / reads, 2)}
-
-
-def decode_ratios(cfg: BenchConfig, data: dict[str, str], rcfg: recipes.RecipeConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {"backend": "pyav", "epoch": 1,
-                           "decord": "not measured: decord exposes no decoded-frame counter"}
-    for name, manifest_dir in data.items():
-        items = items_of(manifest_dir, rcfg, cfg.videos)
-        detail = decoded_per_used(plan(items, rcfg, cfg.seed, [1])[1])
-        detail["mean_keyframe_interval"] = keyframe_interval(item["uri"] for item in items)
-        out[name], out[f"{name}_detail"] = detail["ratio"], detail
-    return out
-
-
-def _vm_rss_mb() -> float:
-    with open("/proc/self/status") as f:  # psutil is not installed here
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return round(kb / 1024, 1)
-
-
-def _rss_worker(samples: list[Sample], clips: int, first: int, backend: str, conn) -> None:
-    from pipelines.io import video
-
-    _init_worker()
-    every, curve = max(first, clips // 10), []
-    for k in range(1, clips + 1):
-        _decode_samples([samples[(k - 1) % len(samples)]], backend)
-        if k == first or k % every == 0 or k == clips:
-            gc.collect()
-            curve.append([k, _vm_rss_mb()])
-    conn.send({"curve": curve, "backends": dict(video.BACKEND_COUNTS)})
-    conn.close()
-
-
-def decode_worker_rss(cfg: BenchConfig, manifest_dir: str, rcfg: recipes.RecipeConfig) -> dict[str, Any]:
-    """RSS of one long-lived decode process after ``rss_first`` and after ``rss_clips`` clips."""
-    items = items_of(manifest_dir, rcfg, cfg.videos)
-    samples = [s for e in range(1, cfg.epochs + 1) for s in plan(items, rcfg, cfg.seed, [e])[e]]
-    ctx = multiprocessing.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_rss_worker, args=(samples, cfg.rss_clips, cfg.rss_first, cfg.backend, send))
-    proc.start()
-    send.close()
-    result = recv.recv()
-    proc.join()
-    curve = result["curve"]
-    first = next(mb for k, mb in curve if k == cfg.rss_first)
-    last = curve[-1][1]
-    return {"first_n": cfg.rss_first, "after_first_n": first, "after_last": last, "clips": cfg.rss_clips,
-            "growth_pct": round(100 * (last - first) / first, 2), "curve": curve,
-            "distinct_samples_cycled": len(samples), "read_backends": result["backends"],
-            "at_least_5000_clips": cfg.rss_clips >= 5000}
+        for close in closers:
+            close()
+    median = {key: {k: round(statistics.median(d[key] for d in v), 2) for k, v in detail.items()}
+              for key in ("clips_per_s", "cpu_ms_per_clip")}
+    stages = {k: round(v, 3) for k, v in telemetry.epoch_metrics(ray_runner.stages).items()}
+    return {**median, "rounds_detail": detail, "warm_up": warm, "clips_per_measurement": epochs * len(items),
+            "ray_stage_ms_per_clip": stages, "ray_rows_per_task": ray_runner.rows_per_task}
 
 
 # --------------------------------------------------------------------------- report
@@ -451,8 +215,11 @@ def machine_info() -> dict[str, Any]:
             "decord": decord.__version__}
 
 
-def goals(tp: dict[str, float], ratios: dict[str, float | None], decode: dict, rss: dict) -> dict[str, bool]:
-    return {"ray_ge_0.9x_raw": tp["ray"] >= 0.9 * tp["raw"], "ray_ge_dataloader": tp["ray"] >= tp["dataloader"],
+def goals(tp: dict[str, float], cpu: dict[str, float], decode: dict, rss: dict) -> dict[str, bool]:
+    """The issue's goals, reported and never asserted (clips/s in ``tp``, CPU ms per clip in ``cpu``)."""
+    return {"ray_cpu_le_1.2x_decode_augment": cpu["ray"] <= 1.2 * cpu["decode_augment"],
+            "ray_ge_dataloader": tp["ray"] >= tp["dataloader"],
+            "ray_ge_0.85x_decode_augment": tp["ray"] >= 0.85 * tp["decode_augment"],
             "decoded_per_used_le_1.5_transcoded": decode["transcoded"] <= 1.5,
             "rss_flat_within_10pct": abs(rss["growth_pct"]) <= 10.0,
             "rss_measured_over_5000_clips": rss["at_least_5000_clips"]}
@@ -462,11 +229,20 @@ def ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
 
-def all_ratios(c: dict[str, float]) -> dict[str, float | None]:
+def all_ratios(c: dict[str, float], cpu: dict[str, float]) -> dict[str, float | None]:
+    """Throughput ratios, and CPU per clip of each loader over decode + augment."""
     return {"ray_over_raw": ratio(c["ray"], c["raw"]), "ray_over_dataloader": ratio(c["ray"], c["dataloader"]),
             "ray_over_decode_augment": ratio(c["ray"], c["decode_augment"]),
             "dataloader_over_decode_augment": ratio(c["dataloader"], c["decode_augment"]),
-            "decode_augment_over_raw": ratio(c["decode_augment"], c["raw"])}
+            "decode_augment_over_raw": ratio(c["decode_augment"], c["raw"]),
+            "ray_cpu_over_decode_augment_cpu": ratio(cpu["ray"], cpu["decode_augment"]),
+            "dataloader_cpu_over_decode_augment_cpu": ratio(cpu["dataloader"], cpu["decode_augment"])}
+
+
+def cpu_report(cpu: dict[str, float]) -> dict[str, Any]:
+    """``cpu_ms_per_clip`` under the JSON names, and the augmentation's CPU over the decode's."""
+    return {"cpu_ms_per_clip": {JSON_NAME[k]: v for k, v in cpu.items()},
+            "augment_over_decode_cpu": ratio(cpu["decode_augment"] - cpu["raw"], cpu["raw"])}
 
 
 def coclr_section(cfg: BenchConfig, data: dict[str, str]) -> dict[str, Any]:
@@ -480,11 +256,11 @@ def coclr_section(cfg: BenchConfig, data: dict[str, str]) -> dict[str, Any]:
     tp = throughput(cfg, data["transcoded"], rcfg, cfg.coclr_epochs, rounds=1)
     items = items_of(data["transcoded"], rcfg, cfg.videos)
     pairs = plan(items, rcfg, cfg.seed, [1])[1]
-    c = tp["clips_per_s"]
+    c, cpu = tp["clips_per_s"], tp["cpu_ms_per_clip"]
     return {"unit": "samples (2 RGB + 2 flow clips of T frames) per s", "flow_files": report.with_flow,
             "flow_seconds": flow_s, "raw_decode_samples_per_s": c["raw"], "ray_samples_per_s": c["ray"],
             "dataloader_samples_per_s": c["dataloader"], "decode_augment_samples_per_s": c["decode_augment"],
-            "ratios": all_ratios(c),
+            **cpu_report(cpu), "ratios": all_ratios(c, cpu), "ray_stage_ms_per_clip": tp["ray_stage_ms_per_clip"],
             "decoded_per_used_frames": {"rgb": decoded_per_used([s[:1] for s in pairs])["ratio"],
                                         "flow": decoded_per_used([s[1:] for s in pairs])["ratio"]},
             "rounds_detail": tp["rounds_detail"], "clips_per_measurement": tp["clips_per_measurement"],
@@ -510,16 +286,17 @@ def run(cfg: BenchConfig, root: Path) -> dict[str, Any]:
              else {"skipped": "coclr_epochs=0 in this variant"})
     resources, nodes = ray.cluster_resources(), len(ray.nodes())
     ray.shutdown()
-    c = tp["clips_per_s"]
-    ratios = all_ratios(c)
+    c, cpu = tp["clips_per_s"], tp["cpu_ms_per_clip"]
     return {"raw_decode_clips_per_s": c["raw"], "ray_clips_per_s": c["ray"], "dataloader_clips_per_s": c["dataloader"],
-            "decode_augment_clips_per_s": c["decode_augment"], "decoded_per_used_frames": decode, "decode_worker_rss_mb": rss, "ratios": ratios,
-            "goals_met": goals(c, ratios, decode, rss), "rounds_detail": tp["rounds_detail"],
-            "warm_up": tp["warm_up"], "coclr": coclr, "phases": phase.phases,
+            "decode_augment_clips_per_s": c["decode_augment"], **cpu_report(cpu),
+            "ray_stage_ms_per_clip": tp["ray_stage_ms_per_clip"], "decoded_per_used_frames": decode,
+            "decode_worker_rss_mb": rss, "ratios": all_ratios(c, cpu), "goals_met": goals(c, cpu, decode, rss),
+            "rounds_detail": tp["rounds_detail"], "warm_up": tp["warm_up"], "coclr": coclr, "phases": phase.phases,
             "config": {**dataclasses.asdict(cfg), "recipe": "classification", "clip_shape_TSS3":
                        [cfg.clip_len, cfg.crop, cfg.crop, 3], "clips_per_measurement": tp["clips_per_measurement"],
-                       "dataloader_context": "spawn", "ray_cluster_cpus": resources.get("CPU"),
-                       "ray_nodes": nodes}}
+                       "ray_rows_per_task": tp["ray_rows_per_task"], "dataloader_context": "spawn",
+                       "ray_cluster_cpus": resources.get("CPU"), "ray_nodes": nodes,
+                       "decode_worker_env": decode_worker_env()}}
 
 
 def parse_config(argv: list[str] | None) -> tuple[BenchConfig, str | None]:
@@ -543,7 +320,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg, data_dir = parse_config(argv)
     started, load_start = time.time(), load1()
     machine = machine_info()
-    with tempfile.TemporaryDirectory(prefix="vidray-bench-pipeline-") as tmp:
+    # Ray forwards worker and raylet output to our stdout; stdout carries only the JSON object.
+    with tempfile.TemporaryDirectory(prefix="vidray-bench-pipeline-") as tmp, contextlib.redirect_stdout(sys.stderr):
         report = run(cfg, Path(data_dir or tmp))
     report = common.envelope("bench/pipeline.py", " ".join(["python"] + sys.argv), cfg.variant, report,
                              machine=machine, load_start=load_start, started=started)

@@ -42,6 +42,10 @@ pipeline per epoch is a real cost. Figures are summed over windows, then average
 over ranks. ``ratios`` compare runs of this process only; compare ratios across
 machines, not clips/s.
 
+``data_stage_ms_per_clip`` is the pipeline's per-stage telemetry (decode, augment, Arrow ms
+and KB read per clip) from the epoch reports; ``goals_met`` says whether the real
+pipeline kept the loop's data wait (``data_wait_frac_excl_report``) at or below 0.15.
+
 ``--gpu``: when CUDA is available, also S3D CoCLR (full ``s3d``, 32 x 128² clips,
 ``gpu_batch`` per GPU) on one GPU from tensors already on the device, bf16 autocast as
 in the training loop, against fp32 as the in-process baseline. Without CUDA the JSON
@@ -70,17 +74,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import common  # noqa: E402
-from bench.common import load1, log  # noqa: E402
+from bench.common import load1  # noqa: E402
+from bench.train_compute import compute_only, gpu_section  # noqa: E402
+from bench.train_figures import data_stages, goals, order, ratios, summarise, windows_of  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipelines.data import recipes  # noqa: E402
-from pipelines.data.normalize import normalize_batch  # noqa: E402
 from pipelines.train.loop import LoopConfig  # noqa: E402
 from pipelines.train.optim import OptimConfig  # noqa: E402
 from vidmodels.methods import CoCLR, CoCLRConfig  # noqa: E402
 
+__all__ = ["compute_only", "gpu_section", "order", "summarise", "windows_of"]  # what tests use; the rest is the CLI
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # how often the Train controller collects reports
 
 
@@ -209,63 +214,6 @@ def build_tapped(cfg: CoCLRConfig, report_log) -> CoCLR:
     return CoCLR(cfg)
 
 
-def windows_of(rows: list[dict], rank: int, *, world: int, batch_size: int, steps_per_epoch: int) -> list[dict]:
-    """One rank's logging windows: clips, seconds, data-wait seconds, and report-call seconds inside.
-
-    The loop's window time is ``world * clips / clips_per_s``; its clips are the steps since
-    the previous window or the epoch's start (the loop restarts its timer every epoch).
-    The ``ray.train.report`` call that closed the previous window of the same epoch is
-    outside the loop's windows; it is attributed to this window as ``report_s``.
-    """
-    reports = sorted((r for r in rows if r["rank"] == rank), key=lambda r: (r["step"], "clips_per_s" not in r))
-    out, prev_step, prev_report = [], 0, 0.0
-    for r in reports:
-        if "clips_per_s" not in r:  # the epoch's report (checkpoint): outside every window
-            prev_step, prev_report = r["step"], 0.0
-            continue
-        epoch_start = r["epoch"] * steps_per_epoch
-        clips = batch_size * (r["step"] - max(prev_step, epoch_start))
-        seconds = world * clips / r["clips_per_s"]
-        out.append({"epoch": r["epoch"], "step": r["step"], "clips": clips, "seconds": seconds,
-                    "wait_s": r["data_wait_frac"] * seconds, "report_s": prev_report if prev_step >= epoch_start else 0.0})
-        prev_step, prev_report = r["step"], r["report_s"]
-    return out
-
-
-def summarise(rows: list[dict], *, world: int, batch_size: int, steps_per_epoch: int,
-              skip: int = 1) -> dict[str, Any]:
-    """Steady-state figures over every rank's windows after the first ``skip`` (the warm-up).
-
-    The ``_excl_report`` pair is the loop's own figures; ``clips_per_s`` and
-    ``data_wait_frac`` add the time spent inside ``ray.train.report`` (``report_frac``) back,
-    as waiting. Figures are averaged over ranks (each rank's clips/s already
-    counts all ranks: world size x its clips over its time).
-
-    Raises:
-        RuntimeError: a rank has no window after the warm-up.
-    """
-    per_rank = []
-    for rank in range(world):
-        windows = windows_of(rows, rank, world=world, batch_size=batch_size, steps_per_epoch=steps_per_epoch)
-        kept = windows[skip:]
-        if not kept:
-            raise RuntimeError(f"rank {rank}: {len(windows)} logging windows, none after the first {skip}")
-        clips, t = sum(w["clips"] for w in kept), sum(w["seconds"] for w in kept)
-        wait, rep = sum(w["wait_s"] for w in kept), sum(w["report_s"] for w in kept)
-        wall = t + rep  # the loop restarts its window timer after a report: add the calls back
-        per_rank.append({"clips_per_s": world * clips / wall, "data_wait_frac": (wait + rep) / wall,
-                         "report_frac": rep / wall, "clips_per_s_excl_report": world * clips / t,
-                         "data_wait_frac_excl_report": wait / t, "windows": len(kept),
-                         "clips_per_rank": clips,
-                         "warm_up_clips_per_s": [round(world * w["clips"] / w["seconds"], 2) for w in windows[:skip]],
-                         "window_clips_per_s": [round(world * w["clips"] / w["seconds"], 2) for w in kept]})
-    keys = ("clips_per_s", "data_wait_frac", "clips_per_s_excl_report", "data_wait_frac_excl_report", "report_frac")
-    epoch_reports = [r["report_s"] for r in rows if "clips_per_s" not in r and r["rank"] == 0]
-    return {**{k: round(float(np.mean([r[k] for r in per_rank])), 3) for k in keys},
-            "epoch_report_s_rank0": [round(s, 2) for s in epoch_reports],
-            "per_rank": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in per_rank]}
-
-
 # --------------------------------------------------------------------------- measurements
 
 
@@ -295,94 +243,13 @@ def measure(cfg: BenchConfig, job, dataset, *, workers: int, name: str, storage:
     ray.kill(report_log)
     figures = summarise(got["rows"], world=workers, batch_size=cfg.batch_size, steps_per_epoch=steps)
     last = result.metrics
-    return {**figures, "workers": workers, "steps_per_epoch": steps, "fit_wall_s": round(wall, 1),
+    return {**figures, "data_stage_ms_per_clip": data_stages(got["rows"]), "workers": workers,
+            "steps_per_epoch": steps, "fit_wall_s": round(wall, 1),
             "load_before": before, "load_after": load1(), "final_epoch_loss": round(last.get("epoch_loss", 0.0), 4),
             "worker_threads": sorted(got["workers"], key=lambda w: w["rank"])}
 
 
-def synthetic_batch(rcfg: recipes.RecipeConfig, batch: int, device: torch.device, seed: int = 0) -> dict:
-    """A uint8 batch with the ``coclr`` recipe's tensor columns (what ``iter_torch_batches`` yields)."""
-    g = torch.Generator().manual_seed(seed)
-    out: dict[str, torch.Tensor] = {}
-    for name, (dtype, shape) in recipes.batch_schema(rcfg).items():
-        if dtype == "uint8":
-            out[name] = torch.randint(0, 256, (batch, *shape), generator=g, dtype=torch.uint8)
-        elif dtype == "int64":
-            out[name] = torch.arange(batch).view(-1, *([1] * len(shape))).expand(batch, *shape).clone()
-    return {k: v.to(device) for k, v in out.items()}
-
-
-def compute_only(method_cfg: CoCLRConfig, rcfg: recipes.RecipeConfig, *, batch: int, steps: int,
-                 device: torch.device, bf16: bool, warmup: int = 2) -> dict[str, Any]:
-    """Clips/s of the training step alone on tensors already on ``device`` (no data loading).
-
-    The step is the loop's: ``normalize_batch`` (uint8 -> normalised float), forward under
-    autocast when ``bf16``, backward, Adam; a clip is one sample (2 views), as in the loop.
-    """
-    torch.manual_seed(0)
-    method = CoCLR(method_cfg).to(device).train()
-    optimizer = torch.optim.Adam(method.trainable_parameters(), lr=1e-3, weight_decay=1e-5)
-    data = synthetic_batch(rcfg, batch, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-    def step() -> float:
-        with autocast:
-            loss = method(normalize_batch(data, rcfg.video_columns(), device))["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
-
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    losses = [step() for _ in range(steps)]  # float(loss) syncs every step, as the loop's report does
-    seconds = time.perf_counter() - start
-    out = {"clips_per_s": round(batch * steps / seconds, 2), "steps": steps, "batch": batch,
-           "seconds": round(seconds, 2), "dtype": "bf16 autocast" if bf16 else "fp32",
-           "loss_finite": bool(np.isfinite(losses).all())}
-    if device.type == "cuda":
-        out["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    return out
-
-
-def gpu_section(cfg: BenchConfig, requested: bool) -> dict[str, Any]:
-    """S3D CoCLR at 32 x 128² per GPU, bf16 vs fp32, or why it was skipped."""
-    if not requested:
-        return {"skipped": "not requested (pass --gpu)"}
-    if not torch.cuda.is_available():
-        return {"skipped": f"no CUDA device here (torch {torch.__version__}, "
-                           f"cuda build {torch.version.cuda or 'none'})"}
-    device = torch.device("cuda", 0)
-    method_cfg = CoCLRConfig(backbone="s3d", modality="rgb", stage="infonce")
-    rcfg = recipes.recipe("coclr")  # 2 x 32 frames, 128 px
-    runs = {}
-    for name, bf16 in (("bf16", True), ("fp32", False)):
-        log(f"gpu: s3d {name}")
-        runs[name] = compute_only(method_cfg, rcfg, batch=cfg.gpu_batch, steps=cfg.gpu_steps, device=device,
-                                  bf16=bf16, warmup=3)
-    return {"device": torch.cuda.get_device_name(device), "gpus_used": 1,
-            "gpus_visible": torch.cuda.device_count(), "clip_shape_TSS": [rcfg.clip_len, rcfg.crop_size,
-                                                                          rcfg.crop_size],
-            "backbone": "s3d", "cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "clips_per_s_per_gpu_bf16": runs["bf16"]["clips_per_s"], "clips_per_s_per_gpu_fp32": runs["fp32"]["clips_per_s"],
-            "bf16_over_fp32": round(runs["bf16"]["clips_per_s"] / runs["fp32"]["clips_per_s"], 3), "runs": runs}
-
-
 # --------------------------------------------------------------------------- the run
-
-
-def ratio(a: float, b: float) -> float | None:
-    return round(a / b, 3) if b else None
-
-
-def order(workers: tuple[int, ...]) -> list[tuple[str, int]]:
-    """memory 1, real 1, real 2, memory 2, ...: each compared pair runs back to back."""
-    pairs = [("memory", "real") if i % 2 == 0 else ("real", "memory") for i in range(len(workers))]
-    return [(kind, w) for w, pair in zip(workers, pairs) for kind in pair]
 
 
 def training_runs(cfg: BenchConfig, manifest_dir: str, storage: str, phase) -> dict[str, dict]:
@@ -395,7 +262,7 @@ def training_runs(cfg: BenchConfig, manifest_dir: str, storage: str, phase) -> d
 
     job = job_for(cfg, manifest_dir)
     rcfg = SPEC.recipe(job, SPEC.phases(job)[0])
-    memory = phase("materialise", lambda: _pipeline(job, rcfg, epoch=0).dataset.materialize())  # epoch 0's samples
+    memory = phase("materialise", lambda: _pipeline(job.data, rcfg, epoch=0).dataset.materialize())  # epoch 0's samples
     if memory.count() != cfg.videos:
         raise RuntimeError(f"materialised {memory.count()} samples, expected {cfg.videos}")
     out = {}
@@ -408,29 +275,11 @@ def training_runs(cfg: BenchConfig, manifest_dir: str, storage: str, phase) -> d
         clock_name = f"vidray-bench-train-epoch-{os.getpid()}-{workers}"
         clock = epoch_clock(clock_name)
         try:
-            pipe = _pipeline(job, rcfg, epoch=clock)
+            pipe = _pipeline(job.data, rcfg, epoch=clock)
             out[name] = phase(name, lambda: measure(cfg, job, pipe.dataset, workers=workers, name=name,
                                                     storage=storage, clock_name=clock_name))
         finally:
             ray.kill(clock)  # detached: it would outlive the driver
-    return out
-
-
-def ratios(runs: dict[str, dict], compute: float) -> dict[str, float | None]:
-    """real/memory per worker count, 2-worker/1-worker per feed, memory/compute-only (1 worker)."""
-    out = {}
-    for key in ("clips_per_s", "clips_per_s_excl_report"):
-        c = {name: r[key] for name, r in runs.items()}
-        tag = "" if key == "clips_per_s" else "_excl_report"
-        for name in c:
-            kind, w = name.split("_")
-            if kind == "real" and f"memory_{w}" in c:
-                out[f"real_over_memory_{w}{tag}"] = ratio(c[name], c[f"memory_{w}"])
-        for kind in ("real", "memory"):
-            if f"{kind}_1w" in c and f"{kind}_2w" in c:
-                out[f"{kind}_2w_over_1w{tag}"] = ratio(c[f"{kind}_2w"], c[f"{kind}_1w"])
-        if "memory_1w" in c:
-            out[f"memory_1w_over_compute_only{tag}"] = ratio(c["memory_1w"], compute)
     return out
 
 
@@ -468,7 +317,8 @@ def run(cfg: BenchConfig, work: Path, data: Path, gpu: bool) -> dict[str, Any]:
         "data_wait_frac_excl_report": {name: r["data_wait_frac_excl_report"] for name, r in runs.items()},
         "report_frac": {name: r["report_frac"] for name, r in runs.items()},
         "compute_only_clips_per_s_1_thread": compute["clips_per_s"],
-        "ratios": ratios(runs, compute["clips_per_s"]),
+        "data_stage_ms_per_clip": {name: r["data_stage_ms_per_clip"] for name, r in runs.items()},
+        "ratios": ratios(runs, compute["clips_per_s"]), "goals_met": goals(runs),
         "runs": runs, "compute_only": compute, "gpu": gpu_figures, "phases": phase.phases,
         "config": {**dataclasses.asdict(cfg), "order": [f"{k}_{w}w" for k, w in order(cfg.workers)],
                    "method": dataclasses.asdict(job.method), "recipe": "coclr (debug size)",

@@ -1,5 +1,5 @@
-"""Accurate random access to video frames, with decord as the fast path and PyAV as
-the accurate fallback.
+"""Accurate random access to video frames with PyAV or decord, whichever measured faster for
+the codec and frame size, and PyAV whenever decord cannot be trusted.
 
 Frame ``i`` of a video is, by definition, the ``i``-th frame (0-based) that a full
 FFmpeg/PyAV decode of its first video stream yields, in presentation order. Both
@@ -19,9 +19,36 @@ Backends:
 * ``pyav``: reads through a seekable fsspec file object (ranged reads, never the
   whole object), seeks to the keyframe before the first needed frame and decodes
   forward in one pass, seeking again only when a keyframe lies between the current
-  position and the next needed frame. Frame indices come from timestamps
-  (constant frame rate, checked on every decoded frame); when timestamps are not
-  a regular grid it falls back to counting frames from the start.
+  position and the next needed frame (:mod:`pipelines.io.pyav_seek`). Frame indices
+  come from timestamps (constant frame rate, checked on every decoded frame); when
+  timestamps are not a regular grid it falls back to counting frames from the start.
+
+Choosing a backend (``auto``). A caller that knows the codec and frame size (the data
+pipeline: the manifest's ``codec``, ``height``, ``width`` columns, filled by the probe at
+ingest) passes them, and :func:`choose_backend` picks the faster backend without opening
+the file: decord only for codecs and sizes where it measured faster
+(:data:`DECORD_MIN_PIXELS`), PyAV everywhere else. Without a codec, ``auto`` probes the
+header with PyAV on every read (0.5–2.3 ms, more on a busy worker) and tries decord on
+trusted codecs. Measured CPU ms per read (one thread, median of 16 reads of a contiguous
+clip of ``T`` frames from random offsets, synthetic UCF-101-style content, x264;
+``bench/decode_backends.py``, ``bench/RESULTS.md``), decord / PyAV:
+
+==================  ===========  ===========  ===========
+h264, size, GOP     T = 8        T = 16       T = 32
+==================  ===========  ===========  ===========
+128x128, 8          2.7 / 2.3    4.4 / 3.4    6.3 / 5.5
+128x128, 32         3.1 / 2.4    3.7 / 3.4    6.4 / 7.0
+128x128, 250        4.3 / 4.2    5.1 / 4.9    5.5 / 5.9
+240x320, 8          7.7 / 8.1    10.7 / 11.2  19.2 / 17.4
+240x320, 250        14.9 / 15.2  14.3 / 16.3  19.8 / 18.8
+360x640, 8          20.5 / 22.7  29.6 / 31.5  58.0 / 52.1
+360x640, 250        34.0 / 37.7  36.6 / 38.6  57.4 / 57.1
+==================  ===========  ===========  ===========
+
+``auto`` with the header probe cost 1–2 ms more than either backend alone. decord pays
+a fixed cost per open (it scans the whole packet index), so PyAV wins on small frames;
+from 360x640 decord is 5–10 % ahead on short clips. ``bench/decoders.py`` measured PyAV
+1.3–14x faster than decord on MPEG-4 Part 2, VP9 and MJPEG.
 
 Shape legend: ``T`` frames, ``H`` height, ``W`` width, ``3`` RGB channels.
 """
@@ -31,20 +58,25 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from typing import IO, Iterator, Sequence
+from typing import IO, Sequence
 
 import av
 import fsspec
-from av.video.reformatter import VideoReformatter
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.io.probe import MediaError
+from pipelines.io.pyav_seek import NotConstantRate, SeekingDecoder, ToRGB, decode_counting
+
+_ToRGB = ToRGB  # the conversion read_frames uses, as bench/decoders.py names it
 
 BACKENDS = ("auto", "decord", "pyav")
 # Codecs on which decord's frame indexing matched a full PyAV decode in
 # tests/pipelines/io/test_video.py and bench/decoders.py (closed GOP or intra only).
 DECORD_TRUSTED_CODECS = frozenset({"h264", "mpeg4", "vp9", "vp8", "mjpeg"})
+# Codec -> frame size (pixels) from which ``auto`` uses decord when the caller names the codec;
+# PyAV below it and for every other codec (measurements in the module docstring).
+DECORD_MIN_PIXELS = {"h264": 360 * 640}
 # Which backend served each read_frames call: {"decord": n, "pyav": n}.
 BACKEND_COUNTS: collections.Counter[str] = collections.Counter()
 
@@ -77,8 +109,23 @@ class ReadInfo:
     frames_decoded: int = 0
 
 
-def read_frames(uri: str, indices: Sequence[int], *, backend: str = "auto",
-                threads: int = 1, info: ReadInfo | None = None) -> np.ndarray:
+def choose_backend(uri: str, codec: str, size: tuple[int, int] | None = None) -> str:
+    """The faster backend for a file of ``codec`` and frame ``size`` (H, W), without opening it.
+
+    PyAV for remote objects (decord would read them whole), for codecs decord is not
+    trusted with, and below :data:`DECORD_MIN_PIXELS`; decord otherwise. An unknown size
+    counts as large.
+    """
+    if codec not in DECORD_TRUSTED_CODECS or codec not in DECORD_MIN_PIXELS or _local_path(uri) is None:
+        return "pyav"
+    if size is not None and size[0] * size[1] < DECORD_MIN_PIXELS[codec]:
+        return "pyav"
+    return "decord"
+
+
+def read_frames(uri: str, indices: Sequence[int], *, backend: str = "auto", threads: int = 1,
+                info: ReadInfo | None = None, codec: str | None = None,
+                size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode the frames at ``indices`` (0-based, any order, repeats allowed).
 
     Args:
@@ -88,6 +135,10 @@ def read_frames(uri: str, indices: Sequence[int], *, backend: str = "auto",
         threads: decoder threads; explicit because decode runs inside Ray tasks that
             are already one per CPU.
         info: optional :class:`ReadInfo` filled with the serving backend and stats.
+        codec: the FFmpeg codec name of the video stream when the caller knows it (the
+            manifest's ``codec``); ``auto`` then skips the header probe and picks the
+            backend with :func:`choose_backend`.
+        size: ``(height, width)`` of the frames, for :func:`choose_backend`.
 
     Returns:
         frames_T HW3: ``(len(indices), H, W, 3)`` uint8 RGB.
@@ -98,13 +149,15 @@ def read_frames(uri: str, indices: Sequence[int], *, backend: str = "auto",
     info = info if info is not None else ReadInfo()
     wanted_T = _check_indices(uri, indices, backend)
     unique_U, inverse_T = np.unique(wanted_T, return_inverse=True)
+    if backend == "auto" and codec:
+        backend = "pyav" if choose_backend(uri, codec, size) == "pyav" else "auto"
     if backend == "pyav" or (backend == "auto" and _local_path(uri) is None):
         frames_UHW3 = _read_pyav(uri, unique_U, threads, info)
     elif backend == "decord":
         frames_UHW3 = _read_decord(uri, unique_U, threads, info, strict=True)
-    else:
+    else:  # auto: decord, PyAV if decord fails its checks; the header probe only when the codec is unknown
         try:
-            frames_UHW3 = _read_decord(uri, unique_U, threads, info, strict=False)
+            frames_UHW3 = _read_decord(uri, unique_U, threads, info, strict=False, probe=not codec)
         except _Untrusted as exc:
             info.fallback_reason = str(exc)
             frames_UHW3 = _read_pyav(uri, unique_U, threads, info)
@@ -135,10 +188,6 @@ def count_frames(uri: str, *, method: str = "decode") -> int:
 
 class _Untrusted(Exception):
     """decord failed or its answer failed a sanity check; auto falls back to PyAV."""
-
-
-class _NotConstantRate(Exception):
-    """Timestamps are not a regular grid; index frames by counting instead."""
 
 
 def _check_indices(uri: str, indices: Sequence[int], backend: str) -> np.ndarray:
@@ -219,12 +268,15 @@ def _size(file: IO[bytes]) -> int:
 
 
 def _read_decord(uri: str, unique_U: np.ndarray, threads: int, info: ReadInfo, *,
-                 strict: bool) -> np.ndarray:
-    """Frames via decord; ``strict`` (backend="decord") raises DecodeError, else _Untrusted."""
+                 strict: bool, probe: bool = True) -> np.ndarray:
+    """Frames via decord; ``strict`` (backend="decord") raises DecodeError, else _Untrusted.
+
+    ``probe``: check the codec with a PyAV header probe first (not strict, codec unknown).
+    """
     path = _local_path(uri)
     if path is None and not strict:
         raise _Untrusted("remote object: decord would read it whole into memory")
-    if not strict:
+    if not strict and probe:
         _check_decord_codec(uri)  # also raises the typed not_found/empty/... errors
     try:
         import decord
@@ -300,10 +352,10 @@ def _read_pyav(uri: str, unique_U: np.ndarray, threads: int, info: ReadInfo) -> 
     with _open_container(uri, threads) as (container, stream):
         try:
             try:
-                got, last = _SeekingDecoder(container, stream, info).run(unique_U)
-            except _NotConstantRate as exc:
+                got, last = SeekingDecoder(container, stream, info).run(unique_U)
+            except NotConstantRate as exc:
                 info.fallback_reason = f"counting frames: {exc}"
-                got, last = _decode_counting(container, stream, unique_U, info)
+                got, last = decode_counting(container, stream, unique_U, info)
         except av.FFmpegError as exc:
             raise DecodeError("corrupt", uri, f"{type(exc).__name__}: {exc}") from exc
         missing = [int(i) for i in unique_U if int(i) not in got]
@@ -320,119 +372,3 @@ def _out_of_range_or_truncated(uri: str, stream: av.VideoStream, missing: list[i
                            f"the header lists {stream.frames} frames")
     return DecodeError("index_out_of_range", uri, f"frame indices {missing[:5]} beyond the "
                        f"last frame ({last})")
-
-
-class _ToRGB:
-    """YUV -> RGB with one reused swscale context on one thread.
-
-    ``frame.to_ndarray(format="rgb24")`` builds a new context per frame with automatic
-    slice threads: measured 3-5x slower than this on a busy 2-core machine, and
-    bit-identical output (same BILINEAR swscale path).
-    """
-
-    def __init__(self) -> None:
-        self._reformatter = VideoReformatter()
-
-    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        return self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
-
-
-def _decode_counting(container, stream, unique_U: np.ndarray,
-                     info: ReadInfo) -> tuple[dict[int, np.ndarray], int]:
-    """Fallback for irregular timestamps: decode from the start and count frames."""
-    to_rgb = _ToRGB()
-    container.seek(0)
-    info.seeks += 1
-    got, wanted, index = {}, set(int(i) for i in unique_U), -1
-    for index, frame in enumerate(container.decode(stream)):
-        info.frames_decoded += 1
-        if index in wanted:
-            got[index] = to_rgb(frame)
-            if len(got) == len(wanted):
-                break
-    return got, index
-
-
-class _SeekingDecoder:
-    """Seek-and-decode over sorted unique indices, indexing frames by timestamp.
-
-    A frame's index is ``(pts - pts0) * time_base * fps`` where ``pts0`` is the pts
-    of the first decoded frame; every decoded frame is checked to sit on that grid
-    and to follow its predecessor, otherwise _NotConstantRate is raised.
-    """
-
-    _MAX_BACK_OFFS = 8
-
-    def __init__(self, container, stream, info: ReadInfo) -> None:
-        self.container, self.stream, self.info = container, stream, info
-        self.to_rgb = _ToRGB()
-        rate = stream.average_rate or stream.guessed_rate
-        if not rate or stream.time_base is None:
-            raise _NotConstantRate("no frame rate")
-        self.ticks_to_index = float(stream.time_base * rate)
-        self.pts0: int | None = None
-        self.key = 0  # index of the keyframe that opened the GOP being decoded
-        self.gop_max = 0  # largest keyframe interval seen in contiguous decoding
-        self.no_key_until = 0  # a seek to this index landed on self.key
-
-    def run(self, unique_U: np.ndarray) -> tuple[dict[int, np.ndarray], int]:
-        """Decode the frames at ``unique_U``; returns them by index and the last index."""
-        got: dict[int, np.ndarray] = {}
-        frames, j, last, back_offs, seek_to = self._frames(), 0, -1, 0, None
-        while (item := next(frames, None)) is not None:
-            index, frame = item
-            if seek_to is not None:  # first frame after a seek
-                if index > unique_U[j]:  # landed past the target: go back further
-                    back_offs += 1
-                    if back_offs > self._MAX_BACK_OFFS:
-                        raise _NotConstantRate(f"cannot seek before frame {unique_U[j]}")
-                    frames = self._seek(int(unique_U[j]) - 4 ** back_offs)
-                    continue
-                # The seek landed on the last keyframe at or before seek_to.
-                self.no_key_until = max(self.no_key_until, seek_to)
-                seek_to, back_offs = None, 0
-            last = index
-            if index == unique_U[j]:
-                got[index] = self.to_rgb(frame)
-                j += 1
-                if j == len(unique_U):
-                    break
-            if index < unique_U[j] and self._should_seek(index, int(unique_U[j])):
-                seek_to = int(unique_U[j])
-                frames = self._seek(seek_to)
-        return got, last
-
-    def _should_seek(self, cur: int, target: int) -> bool:
-        """Seek only when a keyframe surely or probably lies in (cur, target]."""
-        if target - cur <= 1 or target <= self.no_key_until:
-            return False
-        if self.gop_max:  # a keyframe follows within the largest interval seen so far
-            return target >= self.key + self.gop_max
-        # Keyframe spacing unknown: seeking costs at worst re-decoding (cur - key)
-        # frames if it lands on the same keyframe; decoding on costs (target - cur).
-        return target - cur > cur - self.key
-
-    def _seek(self, target: int) -> Iterator[tuple[int, av.VideoFrame]]:
-        ts = self.pts0 + int(max(target, -1) / self.ticks_to_index)
-        self.container.seek(ts, stream=self.stream, backward=True, any_frame=False)
-        self.info.seeks += 1
-        return self._frames()
-
-    def _frames(self) -> Iterator[tuple[int, av.VideoFrame]]:
-        previous, last_key = None, None
-        for frame in self.container.decode(self.stream):
-            if frame.pts is None:
-                raise _NotConstantRate("frame without pts")
-            if self.pts0 is None:
-                self.pts0 = frame.pts
-            exact = (frame.pts - self.pts0) * self.ticks_to_index
-            index = round(exact)
-            if abs(exact - index) > 0.25 or (previous is not None and index != previous + 1):
-                raise _NotConstantRate(f"pts {frame.pts} off the frame grid")
-            if frame.key_frame or previous is None:  # a seek always starts a GOP
-                if last_key is not None:
-                    self.gop_max = max(self.gop_max, index - last_key)
-                self.key = last_key = index
-            self.info.frames_decoded += 1
-            previous = index
-            yield index, frame

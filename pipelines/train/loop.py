@@ -18,6 +18,13 @@ A method is any ``nn.Module`` whose ``forward(batch)`` returns ``{"loss": scalar
    progress line, logs epoch metrics and reports a checkpoint
    (:mod:`pipelines.train.checkpoint`).
 
+Data-plane telemetry: the pipeline's per-sample timing columns (:mod:`pipelines.data.telemetry`)
+are taken out of every batch before the model sees it and summed per epoch; the epoch
+metrics get ``epoch_data_decode_ms``, ``epoch_data_augment_ms``, ``epoch_data_arrow_ms``
+(per clip, in the decode workers), ``epoch_data_read_kb`` (per clip) next to
+``epoch_data_wait_frac``, and rank 0 logs ``plots/data_stages.png``, the epochs as stacked
+bars (data-worker ms per clip by stage beside trainer ms per clip: data wait and step).
+
 Report sinks (:data:`SINKS`): ``"train"`` calls ``ray.train.report`` (under Ray Tune, a
 ``TuneReportCallback`` forwards rank 0's reports to the trial); ``"tune"`` calls
 ``ray.tune.report`` for a loop run directly inside a Tune function trainable (one worker,
@@ -42,6 +49,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from pipelines.data import telemetry
 from pipelines.data.normalize import normalize_batch
 from pipelines.train.checkpoint import load_checkpoint_state, rng_state, save_state, set_rng_state
 from pipelines.train.optim import OptimConfig, lr_factor, make_optimizer, param_groups
@@ -106,6 +114,7 @@ class WorkerState:
     epoch: int = 0
     step: int = 0                     # optimiser steps
     micro: int = 0                    # batches since the last optimiser step
+    stage_history: list = dataclasses.field(default_factory=list)  # per epoch, for the data-stage plot
 
 
 @dataclasses.dataclass
@@ -131,6 +140,7 @@ class EpochStats:
     steps: int = 0
     window: Window = dataclasses.field(default_factory=Window)
     total: Window = dataclasses.field(default_factory=Window)
+    data: telemetry.StageTotals = dataclasses.field(default_factory=telemetry.StageTotals)
     started: float = dataclasses.field(default_factory=time.perf_counter)
 
     def add(self, scalars: dict[str, float]) -> None:
@@ -229,7 +239,7 @@ def run_epoch(state: WorkerState, task: TrainTask, shard, sink, logger) -> Epoch
     t_mark = time.perf_counter()
     for batch in shard.iter_torch_batches(batch_size=loop.batch_size, drop_last=True):
         t_data = time.perf_counter()
-        scalars = train_step(state, task, batch)
+        scalars = train_step(state, task, stats.data.take(batch))  # timing columns never reach the model
         t_end = time.perf_counter()
         for w in (stats.window, stats.total):
             w.wait_s += t_data - t_mark
@@ -264,6 +274,7 @@ def end_epoch(state: WorkerState, task: TrainTask, stats: EpochStats, sink, logg
     metrics.update(epoch=state.epoch, step=state.step, epoch_steps=stats.steps,
                    lr=state.scheduler.get_last_lr()[0], **{f"epoch_{k}": v for k, v in
                                                            stats.total.summary(state.world).items()})
+    metrics.update({f"epoch_{k}": v for k, v in telemetry.epoch_metrics(stats.data).items()})
     if task.validate is not None and state.rank == 0:
         state.method.eval()
         with torch.no_grad():
@@ -274,19 +285,32 @@ def end_epoch(state: WorkerState, task: TrainTask, stats: EpochStats, sink, logg
         sys.stdout.flush()
     if logger:
         logger.log_metrics({f"epoch/{k}": v for k, v in metrics.items()}, step=state.epoch)
+        log_stage_plot(state, stats, metrics, logger)
     report_checkpoint(state, sink, metrics)
     return metrics
+
+
+def log_stage_plot(state: WorkerState, stats: EpochStats, metrics: dict[str, float], logger) -> None:
+    """Add this epoch to the data-stage history and log ``plots/data_stages.png`` (rank 0's logger)."""
+    data = {k.removeprefix("epoch_"): v for k, v in metrics.items() if k.startswith("epoch_data_")}
+    state.stage_history.append(telemetry.history_row(data, stats.total.wait_s, stats.total.step_s,
+                                                     stats.total.clips))
+    with tempfile.TemporaryDirectory(prefix="vidray-plot-") as directory:
+        logger.log_artifact(telemetry.plot_stages(state.stage_history, f"{directory}/data_stages.png"), "plots")
 
 
 def progress_line(task: TrainTask, m: dict[str, float], seconds: float) -> str:
     """``[infonce_rgb] epoch 2/6  step 30  loss 3.2104  top1 0.412  clips/s 25.1  data-wait 31%  12s``."""
     parts = [f"[{task.name}] epoch {int(m['epoch'])}/{task.loop.epochs}", f"step {int(m['step'])}"]
     for key, value in m.items():
-        if key.startswith(("epoch_", "val_")) and key not in {"epoch_steps", "epoch_clips_per_s",
-                                                              "epoch_data_wait_frac"}:
+        if key.startswith(("epoch_", "val_")) and key not in {"epoch_steps", "epoch_clips_per_s"} \
+                and not key.startswith("epoch_data_"):
             parts.append(f"{key.removeprefix('epoch_')} {value:.4g}")
-    parts += [f"clips/s {m.get('epoch_clips_per_s', 0):.1f}", f"data-wait {100 * m.get('epoch_data_wait_frac', 0):.0f}%",
-              f"{seconds:.0f}s"]
+    parts += [f"clips/s {m.get('epoch_clips_per_s', 0):.1f}",
+              f"data-wait {100 * m.get('epoch_data_wait_frac', 0):.0f}%"]
+    if "epoch_data_decode_ms" in m:
+        parts.append("decode/aug/arrow ms " + "/".join(f"{m[f'epoch_data_{s}_ms']:.1f}" for s in telemetry.STAGES))
+    parts.append(f"{seconds:.0f}s")
     return "  ".join(parts)
 
 

@@ -44,6 +44,19 @@ def test_throughput_figures_and_ratios(report):
         assert all(r["clips"] == report["config"]["clips_per_measurement"] for r in rounds), name
 
 
+def test_cpu_per_clip_of_every_way(report):
+    cpu = report["cpu_ms_per_clip"]
+    assert set(cpu) == {"raw_decode", "decode_augment", "dataloader", "ray"}
+    assert all(_positive(v) for v in cpu.values())
+    assert isinstance(report["augment_over_decode_cpu"], float)
+    assert _positive(report["ratios"]["ray_cpu_over_decode_augment_cpu"])
+    assert all(_positive(r["cpu_ms_per_clip"]) for rounds in report["rounds_detail"].values() for r in rounds)
+    stages = report["ray_stage_ms_per_clip"]
+    assert _positive(stages["data_decode_ms"]) and _positive(stages["data_augment_ms"])
+    assert report["config"]["decode_worker_env"]["MALLOC_MMAP_THRESHOLD_"]
+    assert report["config"]["ray_rows_per_task"] >= 1
+
+
 def test_decode_ratio_and_memory(report):
     decode = report["decoded_per_used_frames"]
     for name in ("transcoded", "long_gop"):
@@ -58,6 +71,8 @@ def test_decode_ratio_and_memory(report):
 
 def test_goals_config_and_machine(report):
     assert report["goals_met"] and all(isinstance(v, bool) for v in report["goals_met"].values())
+    assert {"ray_cpu_le_1.2x_decode_augment", "ray_ge_dataloader", "ray_ge_0.85x_decode_augment"} <= set(
+        report["goals_met"])
     assert report["variant"] == "tiny" and report["config"]["clip_shape_TSS3"][-1] == 3
     assert report["config"]["ray_cluster_cpus"] == report["config"]["cores"]
     assert report["machine"]["cores"] >= 1 and "load_avg_start" in report["machine"]

@@ -115,6 +115,10 @@ def test_tiny_run_reports_every_figure(report):
     assert set(report["ratios"]) == {"real_over_memory_2w", "real_over_memory_2w_excl_report"}
     assert all(_positive(v) for v in report["ratios"].values())
     assert _positive(report["compute_only_clips_per_s_1_thread"])
+    assert report["goals_met"] == {"real_2w_data_wait_le_0.15": report["goals_met"]["real_2w_data_wait_le_0.15"]}
+    assert isinstance(report["goals_met"]["real_2w_data_wait_le_0.15"], bool)
+    stages = report["data_stage_ms_per_clip"]["real_2w"]  # the pipeline's telemetry, via the epoch reports
+    assert _positive(stages["decode_ms"]) and _positive(stages["augment_ms"]) and _positive(stages["read_kb"])
 
 
 @pytest.mark.slow

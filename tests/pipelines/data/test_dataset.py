@@ -17,6 +17,7 @@ from pipelines.data import augment
 from pipelines.io import manifest
 from pipelines.data import recipes
 from pipelines.data import sampling
+from pipelines.data import telemetry
 from pipelines.io import storage
 from pipelines.data.dataset import LoaderOptions, build_dataset, build_pipeline
 from pipelines.io.video import read_frames
@@ -67,7 +68,7 @@ def test_schema_of_every_recipe(data, name, which, split):
     cfg = recipes.recipe(name, debug_size=True)
     pipe = build_pipeline(data[which], cfg, split)
     batch = _batch(pipe.dataset)
-    schema = recipes.batch_schema(cfg, pipe.num_classes)
+    schema = {**recipes.batch_schema(cfg, pipe.num_classes), **telemetry.COLUMNS}
     assert set(batch) == set(schema)
     n = len(pipe.inputs)
     for col, (dtype, shape) in schema.items():
@@ -94,7 +95,7 @@ def test_same_seed_and_epoch_reproduce_and_epochs_differ(data, name):
     cfg = recipes.recipe(name, debug_size=True)
     a, b = (_batch(build_dataset(data["ucf"], cfg, "train", seed=3, epoch=1)) for _ in range(2))
     other = _batch(build_dataset(data["ucf"], cfg, "train", seed=3, epoch=2))
-    for col in a:
+    for col in set(a) - set(telemetry.COLUMNS):  # timings differ from run to run
         np.testing.assert_array_equal(a[col], b[col], err_msg=col)
     video = "rgb_0" if name == "coclr" else "rgb"
     by_id = {v: i for i, v in enumerate(other["video_id"])}
@@ -285,3 +286,37 @@ def test_one_epoch_of_ray_train_with_every_bad_video_accounted_for(messy, tmp_pa
     assert rows == len(good) and min(per_worker) > 0
     acc = pipe.accounting(rows)
     assert acc["balanced"] and acc["quarantined"] == 4, acc
+
+
+class EnvReader:
+    """Fails every read with the decode worker's allocator and thread settings as the reason."""
+
+    def __call__(self, uri: str, idx: np.ndarray) -> np.ndarray:
+        from pipelines.data.workers import DECODE_WORKER_ENV
+
+        raise recipes.media_error("env", uri, json.dumps({k: os.environ.get(k) for k in DECODE_WORKER_ENV}))
+
+
+def test_decode_tasks_run_with_the_decode_worker_env(data):
+    from pipelines.data.workers import DECODE_WORKER_ENV
+
+    pipe = build_pipeline(data["ucf"], recipes.recipe("classification", debug_size=True), "train", limit=1,
+                          options=LoaderOptions(ledger_name="test-env", reader=EnvReader()))
+    assert _count(pipe.dataset) == 0
+    (row,) = pipe.quarantined().to_pylist()
+    assert json.loads(row["reason"].split(": ", 1)[1]) == DECODE_WORKER_ENV
+
+
+def _count(ds) -> int:
+    return sum(len(b["video_id"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
+
+
+@pytest.mark.parametrize("name", ["classification", "detection"])
+def test_without_strings_the_last_stage_drops_them(data, name):
+    """``strings=False`` (training): no string column, no separate drop_columns task per block."""
+    cfg = recipes.recipe(name, debug_size=True)
+    pipe = build_pipeline(data["ucf"], cfg, "train", options=LoaderOptions(strings=False))
+    batch = _batch(pipe.dataset)
+    schema = {**recipes.batch_schema(cfg, pipe.num_classes), **telemetry.COLUMNS}
+    assert set(batch) == set(schema) - set(recipes.string_columns(cfg, pipe.num_classes))
+    assert "drop_columns" not in str(pipe.dataset._logical_plan.dag)

@@ -191,3 +191,36 @@ def test_bad_backend_is_rejected(videos):
     with pytest.raises(DecodeError) as err:
         read_frames(videos["h264_short_gop"][0], [0], backend="opencv")
     assert err.value.kind == "bad_argument"
+
+
+def test_named_codec_skips_the_probe_and_picks_the_faster_backend(videos, monkeypatch):
+    """With the manifest's codec and size, ``auto`` never opens the file to probe it."""
+    import pipelines.io.video as video
+
+    probes = []
+    real = video._check_decord_codec
+    monkeypatch.setattr(video, "_check_decord_codec", lambda uri: probes.append(uri) or real(uri))
+    path, ref_NHW3 = videos["h264_short_gop"]  # 144 x 176: below DECORD_MIN_PIXELS["h264"]
+    cases = [("h264", (144, 176), "pyav"), ("h264", (720, 1280), "decord"), ("h264", None, "decord"),
+             ("mpeg4", (144, 176), "pyav")]
+    for codec, size, backend in cases:
+        info = ReadInfo()
+        assert_exact(read_frames(path, [5, 1, 40], codec=codec, size=size, info=info), ref_NHW3, [5, 1, 40])
+        assert info.backend == backend == video.choose_backend(path, codec, size), (codec, size)
+    hevc, ref_hevc = videos["hevc_mkv"]
+    info = ReadInfo()
+    assert_exact(read_frames(hevc, [30, 5], codec="hevc", size=(720, 1280), info=info), ref_hevc, [30, 5])
+    assert info.backend == "pyav" and probes == []
+    read_frames(path, [0])  # without a codec, auto still probes
+    assert probes == [path]
+
+
+def test_named_codec_keeps_typed_errors(tmp_path):
+    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).bytes(20_000))
+    for size in ((144, 176), (720, 1280)):  # via PyAV, and via decord falling back to PyAV
+        with pytest.raises(DecodeError) as err:
+            read_frames(str(tmp_path / "noise.mp4"), [0], codec="h264", size=size)
+        assert err.value.kind == "not_a_video"
+        with pytest.raises(DecodeError) as err:
+            read_frames(str(tmp_path / "missing.mp4"), [0], codec="h264", size=size)
+        assert err.value.kind == "not_found"

@@ -1,0 +1,81 @@
+"""CPU time of this benchmark's own process tree while a measurement runs, by group of processes.
+
+The driver (this process) and its descendants are split in two groups by the child of the
+driver they descend from: ``spawn`` (``multiprocessing`` spawn children: process pools,
+DataLoader workers, their resource tracker) and ``ray`` (everything else the driver
+started: the embedded cluster's GCS, raylet, agents, log monitor and the workers the
+raylet forks). A measurement of pools or loaders counts the driver and ``spawn``; one of
+Ray counts the driver and ``ray`` (the cluster is this benchmark's own, ``init_ray`` with
+``address="local"``), so each figure carries its own framework's daemons and no other's.
+
+CPU is user + system time from ``psutil``. A background thread samples the tree every
+``interval_s`` so that processes which start or end during the measurement are counted
+up to their last sample (a process seen for the first time counts from zero).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterable
+
+import pipelines  # noqa: F401 - sets Ray's authentication default before ray is imported
+import ray  # noqa: F401 - psutil is not a dependency of ours: Ray vendors it and puts it on sys.path
+import psutil  # noqa: E402
+
+GROUPS = ("spawn", "ray")
+
+
+def _cpu(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+class CpuMeter:
+    """``with CpuMeter() as m: ...`` then ``m.seconds("ray")``: driver + group CPU seconds inside."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.driver = psutil.Process()
+        self.first: dict[tuple[int, float], float] = {}
+        self.last: dict[tuple[int, float], tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-cpu-meter", daemon=True)
+
+    def _tree(self) -> Iterable[tuple[psutil.Process, str]]:
+        yield self.driver, "driver"
+        for child in self.driver.children():
+            try:
+                group = "spawn" if "multiprocessing" in " ".join(child.cmdline()) else "ray"
+                yield child, group
+                for proc in child.children(recursive=True):
+                    yield proc, group
+            except psutil.Error:  # ended while we looked
+                continue
+
+    def sample(self, baseline: bool = False) -> None:
+        for proc, group in self._tree():
+            try:
+                key, cpu = (proc.pid, proc.create_time()), _cpu(proc)
+            except psutil.Error:
+                continue
+            self.first.setdefault(key, cpu if baseline else 0.0)
+            self.last[key] = (group, cpu)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def __enter__(self) -> "CpuMeter":
+        self.sample(baseline=True)  # every process alive now counts from here
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def seconds(self, group: str) -> float:
+        """CPU seconds of the driver and ``group`` during the measurement."""
+        return sum(cpu - self.first.get(key, 0.0) for key, (g, cpu) in self.last.items()
+                   if g in ("driver", group))

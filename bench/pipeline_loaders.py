@@ -1,0 +1,224 @@
+"""The four ways ``bench/pipeline.py`` produces the same samples: raw decode and decode + augment in a
+process pool, a PyTorch DataLoader, and the Ray Data pipeline.
+
+All four decode with ``read_frames`` naming the manifest's codec and frame size
+(:func:`pipelines.data.tasks.media_of`, as the pipeline's tasks do) and run with the decode
+workers' allocator and thread settings (:mod:`pipelines.data.workers`): the pool and the
+DataLoader workers are started inside :func:`~pipelines.data.workers.spawn_env` and
+initialised by :func:`~pipelines.data.workers.init_decode_worker`; Ray's decode tasks get
+the same variables from the pipeline's runtime env.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from pipelines.data import recipes, telemetry
+from pipelines.data.tasks import media_of
+from pipelines.data.workers import init_decode_worker, spawn_env
+from pipelines.io import manifest
+from pipelines.io.video import read_frames
+
+Sample = list[tuple[str, np.ndarray]]  # the reads of one sample: (uri, frame indices) per file
+Media = dict[str, tuple[str | None, tuple | None]]  # uri -> (codec, (H, W)) from the manifest
+SPLIT = "train"
+ORDER_EPOCH = 0  # the pipeline is built once, at epoch 0: its sample order is that epoch's permutation
+
+
+def sample_order(n: int, seed: int, shuffle: bool) -> np.ndarray:
+    """The pipeline's sample order (the permutation ``build_pipeline`` draws when it is built)."""
+    return np.random.default_rng([seed, ORDER_EPOCH]).permutation(n) if shuffle else np.arange(n)
+
+
+def items_of(manifest_dir: str, rcfg: recipes.RecipeConfig, limit: int) -> list[dict]:
+    """The item rows ``build_pipeline`` turns into samples (its own private helper, so they match)."""
+    from pipelines.data.dataset import _items
+
+    items, excluded, _ = _items(manifest.read_manifest(manifest_dir), rcfg, SPLIT, limit)
+    if excluded:
+        raise RuntimeError(f"{len(excluded)} rows unusable by {rcfg.name!r}: {excluded[:2]}")
+    return items
+
+
+class _Planned(Exception):
+    """Raised by the recording reader once a sample's reads are known (skips augmentation)."""
+
+
+def sample_reads(item: dict, rcfg: recipes.RecipeConfig, seed: int, epoch: int) -> Sample:
+    """The exact ``(uri, indices)`` reads of one sample, from :func:`recipes.make_sample` itself."""
+    reads: Sample = []
+    n_reads = 2 if rcfg.needs_flow else 1  # every sampler reads all its files before augmenting
+
+    def record(video_id: str, uri: str, idx: np.ndarray) -> np.ndarray:
+        reads.append((uri, np.asarray(idx, np.int64)))
+        if len(reads) == n_reads:
+            raise _Planned
+        return np.zeros((len(idx), 2, 2, 3), np.uint8)
+
+    try:
+        recipes.make_sample(item, rcfg, seed=seed, epoch=epoch, num_classes=None, read=record)
+    except _Planned:
+        pass
+    return reads
+
+
+def plan(items: list[dict], rcfg: recipes.RecipeConfig, seed: int, epochs: Iterable[int]) -> dict[int, list[Sample]]:
+    """``{epoch: [reads of each sample, in pipeline order]}``."""
+    return {e: [sample_reads(items[i], rcfg, seed, e) for i in sample_order(len(items), seed, rcfg.shuffle)]
+            for e in epochs}
+
+
+def first_clip_column(rcfg: recipes.RecipeConfig) -> str:
+    return next(iter(rcfg.video_columns()))
+
+
+def decode_samples(samples: list[Sample], backend: str, media: Media) -> int:
+    """Only the reads of ``samples``, as the pipeline makes them."""
+    for sample in samples:
+        for uri, idx in sample:
+            codec, size = media.get(uri, (None, None))
+            read_frames(uri, idx, backend=backend, threads=1, codec=codec, size=size)
+    return len(samples)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeChunk:
+    """Pool task of the raw-decode figure: the reads only."""
+
+    backend: str
+    media: Media
+
+    def __call__(self, samples: list[Sample]) -> int:
+        return decode_samples(samples, self.backend, self.media)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleChunk:
+    """Pool task of the decode+augment figure: whole samples, no loader framework."""
+
+    dataset: "ClipDataset"
+
+    def __call__(self, keys: list[tuple[int, int]]) -> int:
+        for key in keys:
+            self.dataset[key]
+        return len(keys)
+
+
+class WorkerPool:
+    """A spawn ``multiprocessing.Pool`` of ``cores`` processes fed small chunks (balanced tails)."""
+
+    def __init__(self, cores: int) -> None:
+        self.cores = cores
+        with spawn_env():
+            self.pool = multiprocessing.get_context("spawn").Pool(cores, initializer=init_decode_worker)
+
+    def run(self, fn: Callable[[list], int], tasks: list) -> int:
+        size = max(1, len(tasks) // (self.cores * 8))
+        return sum(self.pool.imap_unordered(fn, [tasks[i:i + size] for i in range(0, len(tasks), size)]))
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """``dataset[(epoch, i)]``: sample ``i`` of ``epoch`` by :func:`recipes.make_sample`, tensors only."""
+
+    def __init__(self, items: list[dict], rcfg: recipes.RecipeConfig, seed: int, backend: str) -> None:
+        self.items, self.rcfg, self.seed, self.backend = items, rcfg, seed, backend
+        self.media = media_of(items)
+        self.drop = set(recipes.string_columns(rcfg))  # as LoaderOptions(strings=False)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, i = key
+        sample = recipes.make_sample(self.items[i], self.rcfg, seed=self.seed, epoch=epoch, num_classes=None,
+                                     read=self.read)
+        return {k: v for k, v in sample.items() if k not in self.drop}
+
+    def read(self, video_id: str, uri: str, idx: np.ndarray) -> np.ndarray:
+        codec, size = self.media.get(uri, (None, None))
+        return read_frames(uri, idx, backend=self.backend, threads=1, codec=codec, size=size)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Keys ``(epoch, i)`` in the pipeline's order; set ``.epoch`` before iterating (runs in the main process)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def __iter__(self):
+        return iter([(self.epoch, int(i)) for i in sample_order(self.n, self.seed, self.shuffle)])
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class Loader:
+    """The DataLoader baseline, workers kept across epochs and rounds (started in the decode env)."""
+
+    def __init__(self, cfg, items: list[dict], rcfg: recipes.RecipeConfig) -> None:
+        self.sampler = EpochSampler(len(items), cfg.seed, rcfg.shuffle)
+        self.loader = torch.utils.data.DataLoader(
+            ClipDataset(items, rcfg, cfg.seed, cfg.backend), batch_size=cfg.batch_size, sampler=self.sampler,
+            num_workers=cfg.cores, persistent_workers=True, multiprocessing_context="spawn",
+            worker_init_fn=init_decode_worker)
+        self.key = first_clip_column(rcfg)
+
+    def run(self, epochs: Iterable[int]) -> int:
+        clips = 0
+        with spawn_env():  # persistent workers start on the first iteration
+            for epoch in epochs:
+                self.sampler.epoch = epoch
+                clips += sum(batch[self.key].shape[0] for batch in self.loader)
+        return clips
+
+    def close(self) -> None:
+        del self.loader  # ends the persistent workers
+
+
+class RayRunner:
+    """The pipeline built once with an epoch clock (as training does), drained once per epoch.
+
+    ``stages`` sums the telemetry columns of every measured batch (decode, augment, Arrow ms).
+    """
+
+    def __init__(self, cfg, manifest_dir: str, rcfg: recipes.RecipeConfig) -> None:
+        from pipelines.data.dataset import LoaderOptions, build_pipeline
+        from pipelines.train.runtime import epoch_clock
+
+        self.clock_name = f"vidray-bench-pipeline-{os.getpid()}-{rcfg.name}"
+        self.clock = epoch_clock(self.clock_name, ORDER_EPOCH)
+        options = LoaderOptions(strings=False, rows_per_task=cfg.rows_per_task, backend=cfg.backend)
+        self.pipe = build_pipeline(manifest_dir, rcfg, SPLIT, seed=cfg.seed, epoch=self.clock, limit=cfg.videos,
+                                   options=options)
+        self.batch_size, self.key = cfg.batch_size, first_clip_column(rcfg)
+        self.rows_per_task = self.pipe.rows_per_task
+        self.stages = telemetry.StageTotals()
+
+    def run(self, epochs: Iterable[int]) -> int:
+        """Drain the dataset once per epoch; raises if a sample went missing."""
+        import ray
+
+        clips = 0
+        for epoch in epochs:
+            ray.get(self.clock.set.remote(epoch))
+            got = sum(self.stages.take(batch)[self.key].shape[0]
+                      for batch in self.pipe.dataset.iter_torch_batches(batch_size=self.batch_size))
+            if not self.pipe.accounting(got)["balanced"] or got != len(self.pipe.inputs):
+                raise RuntimeError(f"epoch {epoch}: {self.pipe.accounting(got)}")
+            clips += got
+        return clips
+
+    def close(self) -> None:
+        import ray
+
+        ray.kill(self.clock)  # detached: it would outlive the driver

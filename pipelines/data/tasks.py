@@ -1,0 +1,247 @@
+"""What one decode task (one Ray Data block of manifest item rows) does.
+
+:func:`sample_stage` is the ``map_batches`` function of :func:`~pipelines.data.dataset.build_pipeline`:
+it opens the block with the quarantine ledger (:mod:`pipelines.data.ledger`: one call in,
+one call out; per read only in a retried block), builds each sample with the recipe's
+``sample`` and a guarded reader, adds the telemetry columns
+(:mod:`pipelines.data.telemetry`) and returns the block, as Arrow when it times the conversion.
+
+Guarded reads: every read runs in a daemon watchdog thread joined with
+``decode_timeout_s``; on timeout the video is quarantined (``decode_timeout``) and the
+thread abandoned. Once ``max_stuck_decoders`` threads are stuck in one worker process, the
+process sends what it has recorded to the ledger and exits, so that Ray replaces it (a
+thread stuck in native code cannot be killed); the retried task skips the recorded videos.
+Reads name the codec and frame size from the manifest, so ``read_frames`` picks its
+backend without probing the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from pipelines.data import recipes, telemetry
+from pipelines.data.ledger import LedgerClient
+from pipelines.data.recipes import RecipeConfig
+from pipelines.data.workers import init_decode_worker
+from pipelines.io.probe import MediaError
+from pipelines.io.video import read_frames
+from pipelines.prep.ingest import quarantine_row
+
+log = logging.getLogger(__name__)
+_STUCK: list[threading.Thread] = []  # watchdog threads abandoned in this worker process
+FLOW_CODEC = "h264"  # pipelines.prep.flow stores flow as lossless libx264rgb at the video's size
+
+
+class DecodeTimeout(MediaError):
+    """A read did not return within the watchdog limit."""
+
+    def __init__(self, uri: str, seconds: float) -> None:
+        super().__init__("decode_timeout", f"{uri}: decoding did not finish within {seconds:g} s "
+                                           f"(a hung decoder); the read was abandoned")
+        self.uri = uri
+
+
+class _Skipped(Exception):
+    """The ledger said not to read this video (counted there)."""
+
+
+def _with_watchdog(fn: Callable[[], np.ndarray], uri: str, timeout_s: float | None) -> np.ndarray:
+    """``fn()`` in a daemon thread joined with ``timeout_s``; untyped decoder errors become MediaError."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            box["error"] = exc
+
+    if timeout_s is None:
+        target()
+    else:
+        thread = threading.Thread(target=target, name=f"vidray-decode {uri}", daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+        if thread.is_alive():
+            _STUCK.append(thread)
+            raise DecodeTimeout(uri, timeout_s)
+    if "error" in box:
+        exc = box["error"]
+        if isinstance(exc, MediaError):
+            raise exc
+        raise recipes.media_error("decoder_error", uri, f"the decoder raised {type(exc).__name__}: {exc}") from exc
+    return box["value"]
+
+
+@dataclasses.dataclass
+class _Block:
+    """One task's block: its ledger mode, what it must report, and the current sample's reads."""
+
+    client: LedgerClient
+    run: str
+    key: str
+    per_read: bool                      # a retried block: the ledger protocol per read
+    bad: frozenset[str]                 # files known to be bad when the block began
+    failed: list[dict] = dataclasses.field(default_factory=list)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    decode_s: float = 0.0               # of the current sample
+    bytes_read: int = 0
+
+
+class _Reader:
+    """``read(video_id, uri, idx)`` inside a decode task: the block's ledger rule, then a watched read."""
+
+    def __init__(self, block: _Block, options, media: dict[str, tuple[str | None, tuple | None]]) -> None:
+        self.block, self.options, self.media = block, options, media
+        self.last: dict[str, str] = {}
+        self.fn = options.reader or self._read_frames
+
+    def _read_frames(self, uri: str, idx: np.ndarray) -> np.ndarray:
+        codec, size = self.media.get(uri, (None, None))
+        return read_frames(uri, idx, backend=self.options.backend, threads=1, codec=codec, size=size)
+
+    def __call__(self, video_id: str, uri: str, idx: np.ndarray) -> np.ndarray:
+        b = self.block
+        if b.per_read:
+            if not b.client.attempt(b.run, video_id, uri, self.last.get(video_id)):
+                raise _Skipped(video_id)
+        elif uri in b.bad:
+            b.skipped.append(uri)
+            raise _Skipped(video_id)
+        start, bytes0 = time.perf_counter(), telemetry.read_bytes()
+        frames = _with_watchdog(lambda: self.fn(uri, idx), uri, self.options.decode_timeout_s)
+        b.decode_s += time.perf_counter() - start
+        b.bytes_read += telemetry.read_bytes() - bytes0
+        self.last[video_id] = uri  # the sample's reads run one after another
+        if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.shape[:1] != (len(idx),) \
+                or frames.ndim != 4:
+            raise recipes.media_error("decoder_error", uri, f"the decoder returned {type(frames).__name__} "
+                                      f"{getattr(frames, 'shape', '')} for {len(idx)} frames")
+        return frames
+
+
+def block_key(rows: list[dict]) -> str:
+    """A name of the block stable across retries (and processes): a digest of its video ids."""
+    return hashlib.sha1("\x1f".join(r["video_id"] for r in rows).encode()).hexdigest()[:16]
+
+
+def media_of(rows: list[dict]) -> dict[str, tuple[str | None, tuple | None]]:
+    """``uri -> (codec, (H, W))`` from the manifest for every file of the block."""
+    out = {}
+    for r in rows:
+        size = (r["height"], r["width"]) if r.get("height") and r.get("width") else None
+        out[r["uri"]] = (r.get("codec") or None, size)
+        if r.get("flow_uri"):
+            out[r["flow_uri"]] = (FLOW_CODEC, size)
+    return out
+
+
+def _stack(samples: list[dict], schema: dict[str, tuple[str, tuple]]) -> dict[str, np.ndarray]:
+    """Samples to a numpy batch; an empty batch keeps every column with its dtype and shape."""
+    out = {}
+    for name, (dtype, shape) in schema.items():
+        if dtype == "string":
+            out[name] = np.array([str(s[name]) for s in samples], dtype=object)
+        else:
+            out[name] = (np.stack([np.asarray(s[name], dtype) for s in samples]) if samples
+                         else np.zeros((0, *shape), dtype))
+    return out
+
+
+def current_epoch(epoch) -> int:
+    """``epoch`` itself, or the value of an epoch-clock actor (:func:`pipelines.train.runtime.epoch_clock`).
+
+    A training run passes the clock so that one Dataset object, re-executed every epoch
+    by ``iter_torch_batches``, draws new clips each epoch from ``(seed, epoch, video)``.
+    """
+    import ray
+
+    return epoch if isinstance(epoch, (int, np.integer)) else int(ray.get(epoch.get.remote()))
+
+
+def _one_sample(row: dict, block: _Block, read: _Reader, make: Callable[..., dict], options) -> dict | None:
+    """One sample with its telemetry, or ``None`` (failure recorded, or a known-bad file skipped)."""
+    start = time.perf_counter()
+    block.decode_s, block.bytes_read = 0.0, 0
+    try:
+        sample = make(row, read=read)
+    except _Skipped:
+        return None
+    except MediaError as exc:
+        record = quarantine_row(getattr(exc, "uri", row["uri"]), "decode", exc.kind, exc.reason,
+                                video_id=row["video_id"])
+        if block.per_read:
+            block.client.fail(block.run, record)
+        else:
+            block.failed.append(record)
+        _exit_if_stuck(block, options.max_stuck_decoders)
+        return None
+    if block.per_read:
+        block.client.done(block.run, row["video_id"])
+    total = time.perf_counter() - start
+    return {**sample, "t_decode_ms": 1000 * block.decode_s, "t_augment_ms": 1000 * (total - block.decode_s),
+            "bytes_read": block.bytes_read}
+
+
+def _exit_if_stuck(block: _Block, limit: int) -> None:
+    if len([t for t in _STUCK if t.is_alive()]) < limit:
+        return
+    block.client.end_block(block.run, None, block.failed, block.skipped)  # keep the block open: a retry
+    log.error("%d decoder threads are stuck; exiting so that Ray replaces this worker", len(_STUCK))
+    os._exit(70)  # the retried task skips the recorded videos
+
+
+def _output(samples: list[dict], cfg: RecipeConfig, num_classes: int | None, timed: bool, drop: Sequence[str]):
+    """The block without the ``drop`` columns: numpy columns, or (``timed``) an Arrow table with
+    ``t_arrow_ms`` measured."""
+    schema = recipes.batch_schema(cfg, num_classes, with_stage=False)  # the batch stage adds its own
+    schema = {k: v for k, v in schema.items() if k not in drop}
+    if not timed:
+        return _stack(samples, schema)
+    import pyarrow as pa
+    from ray.data.block import BlockAccessor
+
+    start = time.perf_counter()
+    columns = {k: v for k, v in telemetry.COLUMNS.items() if k != "t_arrow_ms"}
+    table = BlockAccessor.batch_to_block(_stack(samples, {**schema, **columns}))
+    per_row = 1000 * (time.perf_counter() - start) / max(1, len(samples))
+    return table.append_column("t_arrow_ms", pa.array(np.full(len(samples), per_row, np.float32)))
+
+
+def sample_stage(batch: dict[str, np.ndarray], *, cfg: RecipeConfig, seed: int, epoch,
+                 num_classes: int | None, run: str, ledger, options, drop: Sequence[str] = ()):
+    """Ray ``map_batches`` stage: item rows in, samples out (without the ``drop`` columns); failed
+    videos are left out and recorded."""
+    init_decode_worker()
+    epoch = current_epoch(epoch)
+    rows = [{k: (v[i].item() if isinstance(v[i], np.generic) else v[i]) for k, v in batch.items()}
+            for i in range(len(batch["video_id"]))]
+    client = LedgerClient(ledger)
+    key = block_key(rows)
+    uris = sorted({r["uri"] for r in rows} | {r["flow_uri"] for r in rows if r.get("flow_uri")})
+    per_read, bad = client.begin_block(run, key, uris)
+    block = _Block(client, run, key, per_read, frozenset(bad))
+    read = _Reader(block, options, media_of(rows))
+
+    def make(row: dict, read) -> dict:
+        return recipes.make_sample(row, cfg, seed=seed, epoch=epoch, num_classes=num_classes, read=read)
+
+    samples = [s for s in (_one_sample(row, block, read, make, options) for row in rows) if s is not None]
+    client.end_block(run, key, block.failed, block.skipped)
+    return _output(samples, cfg, num_classes, options.telemetry, drop)
+
+
+def batch_stage(batch: dict[str, np.ndarray], *, fn, kwargs: dict, seed: int, epoch,
+                drop: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Ray ``map_batches`` stage around a recipe's :class:`~pipelines.data.recipes.BatchStage`
+    function (e.g. volume augmentation), reading the current epoch; the ``drop`` columns are left out."""
+    init_decode_worker()
+    out = fn(batch, seed=seed, epoch=current_epoch(epoch), **kwargs)
+    return {k: v for k, v in out.items() if k not in drop}
