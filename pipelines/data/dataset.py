@@ -80,6 +80,7 @@ import ray
 from pipelines.data import recipes
 from pipelines.data.ledger import DEFAULT_LEDGER, QuarantineLedger, get_ledger, write_quarantine
 from pipelines.data.recipes import RecipeConfig
+from pipelines.data.recipes.base import with_canvas
 from pipelines.data.tasks import DecodeTimeout, batch_stage, current_epoch, sample_stage
 from pipelines.data.workers import ray_runtime_env
 from pipelines.io import manifest
@@ -266,6 +267,7 @@ def build_pipeline(manifest_url: str, recipe: str | RecipeConfig, split: str, *,
     if cfg.needs_classes and num_classes is None:
         num_classes = infer_num_classes(table)
     items, excluded, inputs = _items(table, cfg, split, limit)
+    cfg = with_canvas(cfg, [r["height"] for r in items], [r["width"] for r in items])  # device-mode augmentation
     rows_per_task = options.rows_per_task or auto_rows_per_task(len(items), ray.cluster_resources().get("CPU", 1))
     if cfg.shuffle:
         order = np.random.default_rng([seed, current_epoch(epoch)]).permutation(len(items))

@@ -86,6 +86,9 @@ class TrainTask:
         tracking: ``experiment``, ``run_name``, ``uri`` of the MLflow run the driver opened.
         epoch_clock: name of the epoch-clock actor the data pipeline reads.
         sink: ``"train"`` or ``"tune"`` (module docstring).
+        device_plan: the recipe's ``device_plan()`` when it augments on the training device
+            (``augment_on="device"``): each batch is augmented there before normalisation.
+        crop_size: the recipe's crop size ``S`` (the output of device-side augmentation).
     """
 
     build_method: Callable[[], nn.Module]
@@ -98,6 +101,8 @@ class TrainTask:
     tracking: dict | None = None
     epoch_clock: str | None = None
     sink: str = "train"
+    device_plan: dict | None = None
+    crop_size: int = 0
 
 
 @dataclasses.dataclass
@@ -216,6 +221,10 @@ def train_step(state: WorkerState, task: TrainTask, batch: dict[str, Any]) -> di
     sync = contextlib.nullcontext() if last or not hasattr(state.model, "no_sync") else state.model.no_sync()
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if state.device.type == "cuda"
                 else contextlib.nullcontext())
+    if task.device_plan:  # augmentation on the training device (pipelines.data.device_augment)
+        from pipelines.data.device_augment import augment_batch
+
+        batch = augment_batch(batch, task.device_plan, out_size=task.crop_size, device=state.device)
     with sync:
         with autocast:
             out = state.model(normalize_batch(batch, task.video_columns, state.device))

@@ -85,7 +85,17 @@ def _preview(data, recipe_cfg, logger) -> None:
     """Log a contact sheet of what the model sees (a few samples of epoch 0)."""
     from pipelines.data.preview import render_contact_sheet
 
-    batch = _pipeline(data, recipe_cfg, epoch=0, limit=4, strings=True).dataset.take_batch(4, batch_format="numpy")
+    pipe = _pipeline(data, recipe_cfg, epoch=0, limit=4, strings=True)
+    batch = pipe.dataset.take_batch(4, batch_format="numpy")
+    plan = pipe.recipe.device_plan()
+    if plan:  # device-side augmentation: show what the model sees, augmented here on the CPU
+        import torch
+
+        from pipelines.data.device_augment import augment_batch
+
+        tensors = augment_batch({k: torch.from_numpy(v) if v.dtype != object else v for k, v in batch.items()},
+                                plan, out_size=pipe.recipe.crop_size, device="cpu")
+        batch = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
     logger.log_artifact(render_contact_sheet(batch, recipe_cfg), "preview", name="preview.png")
 
 
@@ -123,7 +133,8 @@ def run_phase(spec: MethodSpec, job, phase: Phase, parent_run_id: str | None, fi
                          steps_per_epoch=max(1, math.floor(videos / per_step)), name=phase.name,
                          validate=spec.validate(job, phase) if spec.validate else None,
                          tracking={"experiment": job.experiment, "run_name": run_name, "uri": logger.uri},
-                         epoch_clock=clock_name)
+                         epoch_clock=clock_name, device_plan=pipe.recipe.device_plan() or None,
+                         crop_size=pipe.recipe.crop_size)
         result = fit(task, datasets={"train": pipe.dataset}, scaling=job.scaling, run_name=run_name,
                      storage_path=job.storage_path, options=options)
         if result.error:

@@ -66,14 +66,15 @@ class ActivityRecipe(RecipeConfig):
 
     name = "activity"
     needs_classes = True
+    supports_device = True
 
     def span(self) -> int:
         """``L``, the raw frames one window's labels cover."""
         return self.clip_len * self.stride
 
     def columns(self, num_classes: int | None) -> Columns:
-        T, S, L = self.clip_len, self.crop_size, self.span()
-        return {"rgb": ("uint8", (T, S, S, 3)), "frame_labels": ("float32", (L, num_classes)),
+        T, L = self.clip_len, self.span()
+        return {**self.view_columns("rgb", T), "frame_labels": ("float32", (L, num_classes)),
                 "frame_valid": ("float32", (L,)), "frame_idx": ("int64", (T,)), "aug_caption": ("string", ())}
 
     def video_columns(self) -> dict[str, str]:
@@ -86,7 +87,7 @@ class ActivityRecipe(RecipeConfig):
         labels_LK, valid_L = window_labels(n, row["fps"], segments, idx, self.stride, num_classes)
         frames = read(row["video_id"], row["uri"], idx)
         p = augment.sample_params(self.augment, rng, len(idx), *frames.shape[1:3])
-        return {"rgb": augment.augment_clip(frames, p), "frame_labels": labels_LK, "frame_valid": valid_L,
+        return {**self.view("rgb", frames, p), "frame_labels": labels_LK, "frame_valid": valid_L,
                 "frame_idx": idx, "aug_caption": p.caption()}
 
     def preview_rows(self, batch: dict, i: int, head: str, max_cols: int, max_views: int) -> list[PreviewRow]:

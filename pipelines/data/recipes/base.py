@@ -26,14 +26,14 @@ Common columns of every recipe (``B`` rows)::
 
 An item row (what ``sample`` receives) has ``video_id``, ``uri``, ``flow_uri`` ("" when
 absent), ``num_frames``, ``fps``, ``label`` ("" when null), ``label_index`` (-1 when
-null), ``segments`` (JSON list of ``{label_index, start_s, end_s}``) and ``row`` (the
-manifest row). Every random draw comes from the generator given, in a fixed order.
+null), ``segments`` (JSON list of ``{label_index, start_s, end_s}``), ``codec``, ``height``,
+``width`` (from the manifest, so a read needs no probe) and ``row`` (the manifest row). Every random draw comes from the generator given, in a fixed order.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
 import numpy as np
 
@@ -102,16 +102,35 @@ class RecipeConfig:
         short: rule for videos shorter than a clip (see :mod:`pipelines.data.sampling`).
         augment: clip augmentation; ``augment.out_size`` is the crop size ``S``.
         shuffle: permute the sample order per ``(seed, epoch)`` (off for evaluation).
+        augment_on: where the sampled augmentation is applied: ``"cpu"`` in the data plane
+            (:mod:`pipelines.data.augment`), or ``"device"`` in the training step
+            (:mod:`pipelines.data.device_augment`: the sample carries the decoded frames and
+            the parameters as columns). The parameters are drawn in the data plane either way,
+            from the same generator in the same order, so a sample is the same on either side.
+            Recipes with ``supports_device = False`` refuse ``"device"``.
+        canvas: ``(H, W)`` the decoded frames are zero-padded to in ``"device"`` mode (a batch is
+            one tensor); ``(0, 0)``: the largest frame of the split, filled in when the dataset is
+            built (:func:`with_canvas`).
     """
 
     name: ClassVar[str] = ""
     needs_classes: ClassVar[bool] = False  # batches carry K-wide label tensors
+    supports_device: ClassVar[bool] = False  # builds its views with view() / view_columns()
 
     clip_len: int = 32
     stride: int = 1
     short: ShortRule = "pad"
     augment: augment.AugmentConfig = dataclasses.field(default_factory=augment.AugmentConfig)
     shuffle: bool = True
+    augment_on: Literal["cpu", "device"] = "cpu"
+    canvas: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        if self.augment_on not in ("cpu", "device"):
+            raise ValueError(f"augment_on must be 'cpu' or 'device', got {self.augment_on!r}")
+        if self.augment_on == "device" and not self.supports_device:
+            raise ValueError(f"recipe {self.name!r} augments on the CPU only (augment_on=device is available for "
+                             f"the single-clip recipes: classification, detection, activity)")
 
     @property
     def crop_size(self) -> int:
@@ -148,6 +167,34 @@ class RecipeConfig:
     def batch_stage(self, num_classes: int | None) -> BatchStage | None:
         return None
 
+    # ---------------------------------------------------------------- one augmented view
+    def view(self, col: str, frames_THWC: np.ndarray, p: augment.ClipAugParams) -> dict[str, Any]:
+        """The sample's columns for one augmented clip: augmented here (``cpu``), or the decoded
+        frames on the canvas plus the parameters as ``<col>_aug_*`` columns (``device``)."""
+        if self.augment_on == "device":
+            from pipelines.data import device_augment
+
+            return {col: device_augment.pad_to_canvas(frames_THWC, *self.canvas),
+                    **device_augment.params_to_row(p, prefix=f"{col}_")}
+        return {col: augment.augment_clip(frames_THWC, p)}
+
+    def view_columns(self, col: str, num_frames: int) -> Columns:
+        """The columns :meth:`view` gives (``T`` frames of ``S x S``, or the canvas and the parameters)."""
+        if self.augment_on == "device":
+            from pipelines.data import device_augment
+
+            return {col: ("uint8", (num_frames, *self.canvas, 3)),
+                    **device_augment.column_specs(num_frames, prefix=f"{col}_")}
+        return {col: ("uint8", (num_frames, self.crop_size, self.crop_size, 3))}
+
+    def device_plan(self) -> dict:
+        """``column -> DevicePlan`` the training step applies (``device`` mode), else empty."""
+        if self.augment_on != "device":
+            return {}
+        from pipelines.data.device_augment import DevicePlan
+
+        return {col: DevicePlan(f"{col}_", is_flow=kind == "flow") for col, kind in self.video_columns().items()}
+
     # ---------------------------------------------------------------- derived
     @property
     def needs_flow(self) -> bool:
@@ -157,6 +204,16 @@ class RecipeConfig:
         """``clip_len`` indices at ``stride`` from a uniformly random start in ``n`` frames."""
         start = sampling.random_start(n, self.clip_len, self.stride, rng)
         return sampling.clip_indices(n, start, length=self.clip_len, stride=self.stride, short=self.short)
+
+
+def with_canvas(cfg: RecipeConfig, heights: list[int], widths: list[int]) -> RecipeConfig:
+    """``cfg`` with its device-mode canvas set to the largest frame (``heights``/``widths`` of the
+    split's rows) when it is ``(0, 0)``; unchanged in ``cpu`` mode."""
+    if cfg.augment_on != "device" or cfg.canvas != (0, 0):
+        return cfg
+    if not heights:
+        raise ValueError("augment_on=device needs the frame sizes of the split (manifest height/width)")
+    return dataclasses.replace(cfg, canvas=(max(heights), max(widths)))
 
 
 def _small(cfg: augment.AugmentConfig) -> augment.AugmentConfig:

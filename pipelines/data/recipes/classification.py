@@ -20,10 +20,11 @@ class ClassificationRecipe(RecipeConfig):
     """One clip at a random offset; rows without a video label are excluded (``no_label``)."""
 
     name = "classification"
+    supports_device = True
 
     def columns(self, num_classes: int | None) -> Columns:
-        T, S = self.clip_len, self.crop_size
-        return {"rgb": ("uint8", (T, S, S, 3)), "frame_idx": ("int64", (T,)), "aug_caption": ("string", ())}
+        T = self.clip_len
+        return {**self.view_columns("rgb", T), "frame_idx": ("int64", (T,)), "aug_caption": ("string", ())}
 
     def video_columns(self) -> dict[str, str]:
         return {"rgb": "rgb"}
@@ -37,7 +38,7 @@ class ClassificationRecipe(RecipeConfig):
         idx = self.random_clip(row["num_frames"], rng)
         frames = read(row["video_id"], row["uri"], idx)
         p = augment.sample_params(self.augment, rng, len(idx), *frames.shape[1:3])
-        return {"rgb": augment.augment_clip(frames, p), "frame_idx": idx, "aug_caption": p.caption()}
+        return {**self.view("rgb", frames, p), "frame_idx": idx, "aug_caption": p.caption()}
 
     def preview_rows(self, batch: dict, i: int, head: str, max_cols: int, max_views: int) -> list[PreviewRow]:
         cap = str(batch["aug_caption"][i]) if "aug_caption" in batch else ""

@@ -32,12 +32,13 @@ class DetectionRecipe(RecipeConfig):
 
     name = "detection"
     needs_classes = True
+    supports_device = True
     volume: VolumeAugConfig | None = None
     volume_batch_size: int = 8
 
     def columns(self, num_classes: int | None) -> Columns:
-        T, S = self.clip_len, self.crop_size
-        return {"rgb": ("uint8", (T, S, S, 3)), "frame_labels": ("float32", (T, num_classes)),
+        T = self.clip_len
+        return {**self.view_columns("rgb", T), "frame_labels": ("float32", (T, num_classes)),
                 "frame_idx": ("int64", (T,)), "aug_caption": ("string", ())}
 
     def video_columns(self) -> dict[str, str]:
@@ -51,12 +52,15 @@ class DetectionRecipe(RecipeConfig):
             labels_TK = sampling.replicate_label(row["label_index"], self.clip_len, num_classes=num_classes)
         frames = read(row["video_id"], row["uri"], idx)
         p = augment.sample_params(self.augment, rng, len(idx), *frames.shape[1:3])
-        return {"rgb": augment.augment_clip(frames, p), "frame_labels": labels_TK, "frame_idx": idx,
+        return {**self.view("rgb", frames, p), "frame_labels": labels_TK, "frame_idx": idx,
                 "aug_caption": p.caption()}
 
     def batch_stage(self, num_classes: int | None) -> BatchStage | None:
         if self.volume is None:
             return None
+        if self.augment_on == "device":
+            raise ValueError("volume augmentation edits augmented clips in the data plane: use augment_on=cpu "
+                             "with a volume policy, or volume=None with augment_on=device")
         from pipelines.data.volume_aug import volume_augment_batch
 
         example = params_to_columns([VolumeParams()])
