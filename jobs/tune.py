@@ -4,7 +4,9 @@ Through Ray: ``ray job submit --working-dir . -- python jobs/tune.py --method co
 --num-samples 4``. Each trial trains the method's schedule on Ray Train exactly as
 ``jobs/train.py`` does; ASHA (default) or HyperBand stop weak trials on the method's
 metric; MLflow gets one parent run with a child run per trial; the best finished trial's
-encoders get the registry alias ``best``. A killed sweep continues with the same command
+encoders get the registry alias ``best``. ``--scheduler pbt`` trains one phase per trial in the
+trial's own process and copies top trials' checkpoints into weak ones (``--stage`` for a
+multi-phase method). A killed sweep continues with the same command
 and ``--resume``. See :mod:`pipelines.tune.sweep` and ``docs/tuning.md``.
 """
 
@@ -35,17 +37,26 @@ def parse_args(argv: list[str] | None = None) -> SweepConfig:
     p.add_argument("--no-default-space", dest="default_space", action="store_false",
                    help="search only the --space / --space-file keys")
     p.add_argument("--num-samples", type=int, default=4)
-    p.add_argument("--scheduler", default="asha", help="asha (default) or hyperband; pbt is refused (see docs)")
+    p.add_argument("--scheduler", default="asha",
+                   help="asha (default), hyperband, or pbt (one phase, one worker per trial; see docs/tuning.md)")
     p.add_argument("--metric", help="epoch-end metric to rank trials on (default: the method's)")
     p.add_argument("--mode", choices=("max", "min"))
     p.add_argument("--grace-period", type=int, default=1, help="epochs before ASHA may stop a trial")
     p.add_argument("--reduction-factor", type=float, default=2.0)
+    p.add_argument("--perturbation-interval", type=int, default=1, help="PBT: epochs between exploit decisions")
+    p.add_argument("--quantile-fraction", type=float, default=0.25,
+                   help="PBT: share of trials that copy a top trial (and that are copied)")
+    p.add_argument("--pbt-synch", action="store_true",
+                   help="PBT: every trial pauses at each perturbation point until all have reached it")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: cluster CPUs / CPUs per trial)")
     p.add_argument("--data-cpus", type=float, default=1.0, help="Ray Data CPU limit per trial")
     p.add_argument("--stage", help="train only this phase of the schedule")
     p.add_argument("--name", help="sweep name (default: <run_name>-sweep)")
     p.add_argument("--seed", type=int, help="seed of the random search")
     p.add_argument("--max-failures", type=int, default=1, help="restarts of a failed trial")
+    p.add_argument("--keep-checkpoints", dest="prune", action="store_false",
+                   help="keep every trial's checkpoints (default: stopped trials' are deleted after the sweep, "
+                        "finished trials keep their latest)")
     p.add_argument("--resume", action="store_true", help="continue the stored sweep of that name")
     args = vars(p.parse_args(argv))
     for key in ("overrides", "space"):

@@ -154,10 +154,18 @@ def get_ledger(name: str = DEFAULT_LEDGER) -> "ray.actor.ActorHandle":
 
     The handle is kept in this process: Ray destroys a (non-detached) actor once no
     handle to it is left, which would lose the records between two builds.
+
+    A driver shares the ledger by ``name`` with everything it starts. A worker process (a
+    Tune trial, a Train worker running a validation hook) gets a ledger of its own
+    (``name`` plus its worker id): an actor dies with the process that created it, so a
+    ledger shared between trials would vanish when the trial that made it ends, and the
+    other trials' records with it.
     """
     if name not in _LEDGERS:
+        ctx = ray.get_runtime_context()
+        scoped = name if ctx.worker.mode == ray._private.worker.SCRIPT_MODE else f"{name}-{ctx.get_worker_id()[:16]}"
         actor_cls = ray.remote(num_cpus=0)(QuarantineLedger)
-        _LEDGERS[name] = actor_cls.options(name=name, get_if_exists=True).remote()
+        _LEDGERS[name] = actor_cls.options(name=scoped, get_if_exists=True).remote()
     return _LEDGERS[name]
 
 

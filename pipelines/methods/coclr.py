@@ -17,6 +17,7 @@ import torch
 
 from pipelines.config import ScalingConfig
 from pipelines.data import recipes
+from pipelines.eval.proxy import ProxyConfig, knn_proxy
 from pipelines.methods.spec import DataConfig, Encoder, MethodSpec, Phase, TrainJob
 from pipelines.train.loop import LoopConfig
 from pipelines.train.optim import OptimConfig
@@ -55,6 +56,7 @@ class CoCLRJob(TrainJob):
     method: CoCLRConfig = dataclasses.field(default_factory=CoCLRConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     loop: LoopConfig = dataclasses.field(default_factory=lambda: LoopConfig(batch_size=16))
+    proxy: ProxyConfig = dataclasses.field(default_factory=ProxyConfig)  # kNN/R@1 hook; every=0: off
 
 
 def ucf101() -> CoCLRJob:
@@ -93,7 +95,8 @@ def demo() -> CoCLRJob:
                     schedule=ScheduleConfig(init_epochs=3, cycles=1, epochs_per_network=2, step_lr=False),
                     optim=OptimConfig(lr=1e-3, schedule="constant"),
                     loop=LoopConfig(epochs=6, batch_size=16, log_every_n_steps=10),
-                    scaling=ScalingConfig(num_workers=1, cpus_per_worker=0.5))
+                    scaling=ScalingConfig(num_workers=1, cpus_per_worker=0.5),
+                    proxy=ProxyConfig(every=1, limit=48))
 
 
 def debug() -> CoCLRJob:
@@ -155,13 +158,27 @@ def export(job: CoCLRJob, phase: Phase, model: CoCLR) -> dict[str, Encoder]:
     return {modality: Encoder(model.encoder_state(modality), backbone, cfg.backbone, kwargs, example)}
 
 
-# CoCLR has no per-epoch validation hook yet, so trials are ranked on the training loss: it is
-# comparable only across keys that leave the loss itself unchanged (not K, temperature, queue
-# size or key momentum, which need a kNN/retrieval proxy on held-out clips; docs/tuning.md).
-SWEEP = SweepDefaults(space={"optim.lr": LogUniform(1e-4, 3e-3), "optim.weight_decay": LogUniform(1e-6, 1e-3)},
-                      metric="epoch_loss", mode="min")
+def proxy_encoder(method: CoCLR) -> torch.nn.Module:
+    """What the proxy embeds a clip with: the trained modality's query backbone (what ``export`` registers)."""
+    return method.encoder_q.backbone
+
+
+def validate(job: CoCLRJob, phase: Phase):
+    """kNN top-1 / R@1 of the trained modality's backbone every ``proxy.every`` epochs (None when 0)."""
+    return knn_proxy(job.proxy, job.data.manifest, recipe(job, phase), phase.params["modality"], proxy_encoder)
+
+
+# A debug trial takes 4 optimiser steps per epoch (1 worker x 2 clips over the 8 train videos), not the
+# debug run's 1: after one step every trial is still close to the shared initialisation, the proxy
+# ties, and ASHA stops nothing (docs/tuning.md).
+DEBUG_SWEEP = ("scaling.num_workers=1", "loop.batch_size=2")
+# Ranked on the proxy (kNN top-1 on held-out clips), not the training loss: comparable across keys
+# that change the loss itself, such as the temperature (docs/tuning.md).
+SWEEP = SweepDefaults(space={"optim.lr": LogUniform(1e-4, 3e-3), "optim.weight_decay": LogUniform(1e-6, 1e-3),
+                             "method.temperature": LogUniform(0.03, 0.3)},
+                      metric="val_knn_top1", mode="max", variant_overrides={"debug": DEBUG_SWEEP})
 
 SPEC = MethodSpec(name="coclr", config=CoCLRJob, variants=VARIANTS, phases=phases, recipe=recipe, build=build,
-                  export=export, metrics=("loss", "top1", "mined_precision"),
+                  export=export, metrics=("loss", "top1", "mined_precision", "val_knn_top1"), validate=validate,
                   eval_protocols=("retrieval", "linear", "finetune"),
                   table_metrics={"mined same-class": "epoch/epoch_mined_precision"}, sweep=SWEEP)

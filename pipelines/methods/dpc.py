@@ -25,9 +25,11 @@ import torch
 
 from pipelines.config import ScalingConfig
 from pipelines.data import recipes
+from pipelines.eval.proxy import ProxyConfig, knn_proxy
 from pipelines.methods.spec import DataConfig, Encoder, MethodSpec, Phase, TrainJob
 from pipelines.train.loop import LoopConfig
 from pipelines.train.optim import OptimConfig
+from pipelines.tune.space import LogUniform, SweepDefaults
 from vidmodels.methods.dpc import DPC, DPCConfig, build_dpc
 from vidmodels.registry import create_backbone
 
@@ -65,6 +67,7 @@ class DPCJob(TrainJob):
     schedule: DPCSchedule = dataclasses.field(default_factory=DPCSchedule)
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=1e-5))
     loop: LoopConfig = dataclasses.field(default_factory=lambda: LoopConfig(batch_size=64))
+    proxy: ProxyConfig = dataclasses.field(default_factory=ProxyConfig)  # kNN/R@1 hook; every=0: off
 
 
 def ucf101() -> DPCJob:
@@ -96,7 +99,8 @@ def demo() -> DPCJob:
                   schedule=DPCSchedule(epochs=3),
                   optim=OptimConfig(lr=1e-3, weight_decay=1e-5, schedule="constant"),
                   loop=LoopConfig(epochs=3, batch_size=16, log_every_n_steps=10),
-                  scaling=ScalingConfig(num_workers=1, cpus_per_worker=0.5))
+                  scaling=ScalingConfig(num_workers=1, cpus_per_worker=0.5),
+                  proxy=ProxyConfig(every=1, limit=48))
 
 
 def debug_of(job: DPCJob, pred_steps: tuple[int, ...] = (1, 2), **method_overrides) -> DPCJob:
@@ -205,9 +209,24 @@ def export(job: DPCJob, phase: Phase, model: DPC) -> dict[str, Encoder]:
     return {modality: Encoder(state, backbone, cfg.backbone, kwargs, example)}
 
 
-METRICS = ("loss", "top1", "top1_temporal", "top1_spatial", "top1_easy")
+def proxy_encoder(method: DPC) -> torch.nn.Module:
+    """What the proxy embeds a clip with: the context network f + g (what ``export`` registers)."""
+    return method.context
+
+
+def validate(job: DPCJob, phase: Phase):
+    """kNN top-1 / R@1 of the context network every ``proxy.every`` epochs (None when 0)."""
+    return knn_proxy(job.proxy, job.data.manifest, recipe(job, phase), phase.params["modality"], proxy_encoder)
+
+
+METRICS = ("loss", "top1", "top1_temporal", "top1_spatial", "top1_easy", "val_knn_top1")
 PROTOCOLS = ("retrieval", "linear", "mlp", "finetune")
+# Ranked on the proxy (kNN top-1 of the pooled context on held-out clips); a debug trial takes 4 steps
+# per epoch instead of 1, so that trials differ at ASHA's first rungs (docs/tuning.md).
+SWEEP = SweepDefaults(space={"optim.lr": LogUniform(1e-4, 3e-3), "optim.weight_decay": LogUniform(1e-6, 1e-3)},
+                      metric="val_knn_top1", mode="max",
+                      variant_overrides={"debug": ("scaling.num_workers=1", "loop.batch_size=2")})
 
 SPEC = MethodSpec(name="dpc", config=DPCJob, variants=VARIANTS, phases=phases, recipe=recipe, build=build,
-                  export=export, metrics=METRICS, eval_protocols=PROTOCOLS,
-                  table_metrics={"SSL top-1": "epoch/epoch_top1"})
+                  export=export, metrics=METRICS, validate=validate, eval_protocols=PROTOCOLS,
+                  table_metrics={"SSL top-1": "epoch/epoch_top1"}, sweep=SWEEP)

@@ -61,7 +61,7 @@ def demo() -> MemDPCJob:
     return MemDPCJob(run_name="memdpc-demo", model_name="memdpc-demo", data=job.data,
                      method=MemDPCConfig(backbone="dpc_context_tiny"),
                      schedule=DPCSchedule(pred_steps=(3,), epochs=3),
-                     optim=job.optim, loop=job.loop, scaling=job.scaling)
+                     optim=job.optim, loop=job.loop, scaling=job.scaling, proxy=job.proxy)
 
 
 def debug() -> MemDPCJob:
@@ -72,5 +72,5 @@ def debug() -> MemDPCJob:
 VARIANTS = {"debug": debug, "demo": demo, "ucf101": ucf101, "k400": k400}
 
 SPEC = MethodSpec(name="memdpc", config=MemDPCJob, variants=VARIANTS, phases=dpc.phases, recipe=dpc.recipe,
-                  build=dpc.build, export=dpc.export, metrics=(*dpc.METRICS, "top1_backward"),
-                  eval_protocols=dpc.PROTOCOLS, table_metrics={"SSL top-1": "epoch/epoch_top1"})
+                  build=dpc.build, export=dpc.export, metrics=(*dpc.METRICS, "top1_backward"), validate=dpc.validate,
+                  eval_protocols=dpc.PROTOCOLS, table_metrics={"SSL top-1": "epoch/epoch_top1"}, sweep=dpc.SWEEP)

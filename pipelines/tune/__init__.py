@@ -6,9 +6,12 @@
   phases (:func:`pipelines.train.phases.run_phases`) with epoch-end reports forwarded to Tune;
 - :mod:`~pipelines.tune.sweep`: the driver (settings, Tuner or ``Tuner.restore``, the MLflow
   parent run, the callback that cleans up after stopped trials);
-- :mod:`~pipelines.tune.schedulers`: ASHA whose rungs survive a restore, and HyperBand, on
-  the epochs a trial has trained;
+- :mod:`~pipelines.tune.schedulers`: ASHA whose rungs survive a restore, HyperBand and PBT,
+  on the epochs a trial has trained;
+- :mod:`~pipelines.tune.pbt`: a PBT trial, one phase trained in the trial's process with
+  checkpoints reported to Tune, restarted from a donor's checkpoint under its own values;
 - :mod:`~pipelines.tune.results`: how each trial ended, the results, the best trial;
+- :mod:`~pipelines.tune.prune`: after the sweep, the checkpoints nothing will read are deleted;
 - :mod:`~pipelines.tune.tracking`: MLflow parent/child bookkeeping and ``@best`` in the registry;
 - :mod:`~pipelines.tune.resources`: concurrency from the cluster's CPUs, and the release of
   what a stopped trial leaves behind (its Train worker group's placement group).

@@ -15,7 +15,9 @@
    before registering its encoders (a scheduler ended it at its last epoch, or the driver
    was killed then), that is completed here first: its job runs again under the same
    names, so every phase is skipped or resumes from its final checkpoint with nothing left
-   to train, and only the export and registration run.
+   to train, and only the export and registration run;
+5. checkpoints nothing will read are deleted (:mod:`pipelines.tune.prune`: all of a stopped
+   trial's, all but the latest of a finished trial's), unless ``--keep-checkpoints``.
 """
 
 from __future__ import annotations
@@ -77,21 +79,43 @@ def finish(plan, ctx: TrialContext, grid, phases: list, parent):
     if best is not None:
         parent.log_metrics({f"best_{plan.metric}": best[plan.metric]})
         parent.set_tags({"best_trial_id": best["trial_id"], "best_run_id": best["run_id"] or ""})
-        registered = _register_best(plan, ctx, best, phases)
+        registered = _register_best(plan, ctx, best, phases, grid)
     print_table(rows, list(plan.space), plan.metric, best, registered)
+    if plan.cfg.prune:
+        _prune(plan, rows, parent)
     return SweepResult(plan.name, plan.metric, plan.mode, ctx.parent_run_id, rows, best, registered)
 
 
-def _register_best(plan, ctx: TrialContext, best: dict[str, Any], phases: list) -> list[dict[str, Any]]:
+def _register_best(plan, ctx: TrialContext, best: dict[str, Any], phases: list, grid) -> list[dict[str, Any]]:
     keys = {key: p.name for p in phases for key in p.registers}  # the last phase registering each key
     trial_model = f"{plan.job.model_name}-{best['trial_id']}"
     if not tracking.registered(trial_model, keys):
         print(f"best trial {best['trial_id']} ended before registering its encoders: completing that here",
               flush=True)
-        complete_trial(ctx, {k: best[k] for k in plan.space}, best["trial_id"])
+        values = {k: best[k] for k in plan.space}
+        if ctx.segmented:  # PBT: from the trial's last checkpoint, which Tune holds
+            from pipelines.tune.pbt import complete_pbt_trial
+
+            result = next(r for r in grid if _latest(r).get("trial_id") == best["trial_id"])
+            complete_pbt_trial(ctx, dict(result.config or values), best["trial_id"], result.checkpoint)
+        else:
+            complete_trial(ctx, values, best["trial_id"])
     return tracking.promote_best(model_name=plan.job.model_name, trial_model_name=trial_model, keys=keys,
                                  metric=plan.metric, mode=plan.mode, value=float(best[plan.metric]),
                                  sweep=plan.name, trial_id=best["trial_id"])
+
+
+def _prune(plan, rows: list[dict[str, Any]], parent) -> None:
+    from pipelines.tune.prune import prune_sweep
+
+    try:
+        pruned = prune_sweep(plan.job.storage_path, plan.name, rows)
+    except Exception as exc:  # noqa: BLE001 - the sweep's results stand; say what is left behind
+        print(f"could not prune the sweep's checkpoints: {exc}", flush=True)
+        return
+    parent.log_metrics({"pruned_checkpoints": pruned.checkpoints, "pruned_mb": pruned.bytes / 2**20})
+    print(f"pruned {pruned.checkpoints} checkpoint(s) and {pruned.folders} folder(s) of stopped or finished "
+          f"trials ({pruned.bytes / 2**20:.1f} MiB)", flush=True)
 
 
 def print_table(rows: list[dict[str, Any]], keys: list[str], metric: str, best: dict[str, Any] | None,

@@ -17,6 +17,13 @@ a new trial process whose Ray Train run resumes from its checkpoint) is Tune's o
 not replayed: a restored HyperBand sweep starts its brackets afresh. It may end a trial at
 its last epoch before the trial registered its encoders; the driver then completes the
 best trial's registration itself (:func:`pipelines.tune.sweep.run_sweep`).
+
+PBT (:class:`FinalPBT`) is Tune's PBT (asynchronous, or synchronous with ``--pbt-synch``) on the
+same clock, over trials that train
+in their own process and report checkpoints (:mod:`pipelines.tune.pbt`); every
+``perturbation_interval`` epochs a trial of the lower quantile restarts from a top trial's
+checkpoint with that trial's values, perturbed (x0.8 / x1.2) or resampled. It never perturbs
+a trial at its last epoch, which then exports and registers what it trained.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import json
 import logging
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
+from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler, PopulationBasedTraining
 
 from pipelines.tune.trial import TIME_ATTR
 
@@ -82,12 +89,40 @@ class ReplayingASHA(ASHAScheduler):
             log.info("ASHA: replayed %d result(s) of restored trial %s", replayed, trial.trial_id)
 
 
-def make_scheduler(kind: str, *, max_t: int, grace_period: int, reduction_factor: float):
-    """``asha`` (:class:`ReplayingASHA`) or ``hyperband`` on :data:`TIME_ATTR` up to ``max_t`` epochs.
+class FinalPBT(PopulationBasedTraining):
+    """Tune's PBT, except at a trial's last epoch: an exploit there would restart the trial with
+    nothing left to train, killing it while it registers its encoders."""
+
+    def __init__(self, *, max_t: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._max_t = max_t
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get(self._time_attr, 0) >= self._max_t:
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+
+def pbt_mutations(space: dict) -> dict[str, Any]:
+    """PBT's ``hyperparam_mutations`` of a space: each domain as Tune samples it, a grid as its values."""
+    from pipelines.tune.space import Grid
+
+    return {k: list(d.values) if isinstance(d, Grid) else d.to_tune() for k, d in space.items()}
+
+
+def make_scheduler(kind: str, *, max_t: int, grace_period: int, reduction_factor: float,
+                   space: dict | None = None, perturbation_interval: int = 1, quantile_fraction: float = 0.25,
+                   synch: bool = False):
+    """``asha`` (:class:`ReplayingASHA`), ``hyperband`` or ``pbt`` (:class:`FinalPBT`, mutating ``space``)
+    on :data:`TIME_ATTR` up to ``max_t`` epochs.
 
     Raises:
         ValueError: another kind.
     """
+    if kind == "pbt":
+        return FinalPBT(max_t=max_t, time_attr=TIME_ATTR, perturbation_interval=perturbation_interval,
+                        hyperparam_mutations=pbt_mutations(space or {}), quantile_fraction=quantile_fraction,
+                        synch=synch)
     if kind == "asha":
         return ReplayingASHA(time_attr=TIME_ATTR, max_t=max_t, grace_period=max(1, min(grace_period, max_t)),
                              reduction_factor=reduction_factor)

@@ -133,11 +133,15 @@ class SweepDefaults:
         metric: the epoch-end metric (as the loop reports it: ``val_top1``, ``epoch_loss``)
             the scheduler ranks trials on and the best trial is chosen by.
         mode: ``max`` or ``min``.
+        variant_overrides: variant -> ``--set`` overrides a sweep of that variant applies to the
+            base job before the command line's (e.g. more optimiser steps per epoch on ``debug``,
+            so that trials differ at ASHA's first rungs).
     """
 
     space: Mapping[str, Domain]
     metric: str
     mode: str = "max"
+    variant_overrides: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in ("max", "min"):

@@ -10,18 +10,21 @@
 3. opens the sweep's MLflow parent run and runs Tune over :func:`pipelines.tune.trial.run_trial`
    (the trial is only a driver: its actor asks for no CPU; concurrency comes from the
    cluster's CPUs, :mod:`pipelines.tune.resources`), with ASHA or HyperBand on
-   :data:`~pipelines.tune.trial.TIME_ATTR` (:mod:`pipelines.tune.schedulers`) — or
-   ``Tuner.restore`` with ``--resume``;
+   :data:`~pipelines.tune.trial.TIME_ATTR` (:mod:`pipelines.tune.schedulers`) — or, with
+   PBT, over :func:`pipelines.tune.pbt.run_pbt_trial`, which trains one phase in the trial's
+   process and reports checkpoints to Tune — or ``Tuner.restore`` with ``--resume``;
 4. records how each trial ended on its MLflow run, logs the results table and plot on the
    parent, and registers the best finished trial's encoders with the alias ``best``
-   (:func:`pipelines.tune.tracking.promote_best`).
+   (:func:`pipelines.tune.tracking.promote_best`), then deletes the checkpoints nothing will
+   read (:mod:`pipelines.tune.prune`).
 
 Resuming (``--resume`` after a killed driver): Tune restores the searcher and the trials'
 states (finished and stopped trials stay so, unfinished ones restart and their Ray Train
 runs resume from their checkpoints); Tune does not restore the scheduler, so ASHA's rungs
 are refilled from the stored results (:class:`~pipelines.tune.schedulers.ReplayingASHA`).
-PBT is not offered: it needs segmented training in which the trial reports checkpoints to
-Tune itself (docs/tuning.md).
+A method's ``SweepDefaults.variant_overrides`` edit the base job of a sweep of one variant
+(e.g. more optimiser steps per epoch on ``debug``, so that ASHA's first rungs see trials that
+differ).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from pipelines.tune.schedulers import make_scheduler, stored_results
 from pipelines.tune.space import Domain, check_space, describe, load_space_file, parse_space
 from pipelines.tune.trial import TIME_ATTR, TrialContext, run_trial
 
-SCHEDULERS = ("asha", "hyperband")
+SCHEDULERS = ("asha", "hyperband", "pbt")
 # What a trial's own actor asks for. It is only a driver, but Tune refuses an empty request;
 # a token of logical memory, not of CPU: a CPU share would leave a 2-CPU machine short of the
 # whole CPU a decode task needs beside a 1-CPU worker group (a hang, not an error).
@@ -64,12 +67,16 @@ class SweepConfig:
     mode: str | None = None
     grace_period: int = 1                # epochs before a trial can be stopped
     reduction_factor: float = 2.0
+    perturbation_interval: int = 1       # PBT: epochs between exploit/explore decisions
+    quantile_fraction: float = 0.25      # PBT: share of trials that exploit (and that are exploited)
+    pbt_synch: bool = False              # PBT: every trial waits at each perturbation point for the others
     max_concurrent: int | None = None    # default: cluster CPUs / CPUs per trial
     data_cpus: float = 1.0
     stage: str | None = None
     name: str | None = None              # default: <run_name>-sweep
     seed: int | None = None              # of the random search
     max_failures: int = 1                # restarts of a failed trial (it resumes from its checkpoint)
+    prune: bool = True                   # after the sweep, delete checkpoints nothing reads (pipelines.tune.prune)
     resume: bool = False
 
 
@@ -125,13 +132,16 @@ def resolve(cfg: SweepConfig) -> Plan:
         raise ConfigError(f"unknown variant {cfg.variant!r} of {cfg.method}; known: {', '.join(spec.variants)}")
     if cfg.scheduler not in SCHEDULERS:
         raise ConfigError(_scheduler_message(cfg.scheduler))
-    job = resolve_paths(apply_overrides(spec.variants[cfg.variant](), cfg.overrides))
     defaults = spec.sweep
+    preset = tuple(defaults.variant_overrides.get(cfg.variant, ())) if defaults else ()
+    job = resolve_paths(apply_overrides(spec.variants[cfg.variant](), (*preset, *cfg.overrides)))
     space: dict[str, Domain] = dict(defaults.space) if defaults and cfg.default_space else {}
     if cfg.space_file:
         space.update(load_space_file(cfg.space_file))
     space.update(parse_space(cfg.space))
     check_space(space, job)
+    if cfg.scheduler == "pbt" and job.scaling.num_workers != 1:  # PBT trains in the trial's own process
+        job = dataclasses.replace(job, scaling=dataclasses.replace(job.scaling, num_workers=1))
     metric = cfg.metric or (defaults.metric if defaults else None)
     mode = cfg.mode or (defaults.mode if defaults and metric == defaults.metric else None)
     if not metric or mode not in ("max", "min"):
@@ -139,11 +149,37 @@ def resolve(cfg: SweepConfig) -> Plan:
     return Plan(cfg, spec, job, space, metric, mode)
 
 
+def check_metric(plan: Plan, phases: list) -> None:
+    """Refuse a ``val_*`` metric when no phase has a validation hook (e.g. ``proxy.every=0``): every
+    trial would fail on its first report. Called once the dataset exists (a hook may read it).
+
+    Raises:
+        ConfigError: naming the setting that turns the hook on.
+    """
+    if not plan.metric.startswith("val_"):
+        return
+    if plan.spec.validate is None or not all(plan.spec.validate(plan.job, p) for p in phases):
+        hint = " (--set proxy.every=N turns on its kNN proxy)" if hasattr(plan.job, "proxy") else ""
+        raise ConfigError(f"{plan.metric} comes from {plan.spec.name}'s validation hook, which is off for some "
+                          f"phase of this config{hint}; or rank trials on another --metric")
+
+
+def check_schedule(plan: Plan, phases: list) -> None:
+    """PBT trains one phase from scratch (:func:`pipelines.tune.pbt.check_schedule`).
+
+    Raises:
+        ConfigError: a schedule PBT cannot train.
+    """
+    if plan.cfg.scheduler == "pbt":
+        from pipelines.tune.pbt import check_schedule as check_pbt
+
+        try:
+            check_pbt(phases)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
 def _scheduler_message(name: str) -> str:
-    if name == "pbt":
-        return ("--scheduler pbt is not available: PBT copies a donor's weights through checkpoints the trial "
-                "reports to Tune, and trials here train on Ray Train, whose reports reach Tune without them; "
-                "it needs segmented training inside the trial (docs/tuning.md). Use asha or hyperband.")
     return f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}"
 
 
@@ -219,6 +255,8 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     ensure_dataset(plan.job.data, [])  # a schedule may read the manifest (supervised: its classes)
     phases = plan.phases()
     ensure_phase_data(plan.spec, plan.job, phases)  # every phase's dataset, with what its recipe needs (flow)
+    check_metric(plan, phases)
+    check_schedule(plan, phases)
     restoring = _restorable(plan)
     parent, parent_id = _open_parent(plan)
     try:
@@ -226,8 +264,12 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         concurrency = plan.cfg.max_concurrent or resources.max_concurrent_trials(plan.job, plan.cfg.data_cpus,
                                                                                  cluster_cpus)
         ctx = TrialContext(method=plan.spec.name, job=plan.job, sweep=plan.name, parent_run_id=parent_id,
-                           env=_tracking_env(), stage=plan.cfg.stage, data_cpus=plan.cfg.data_cpus)
+                           env=_tracking_env(), stage=plan.cfg.stage, data_cpus=plan.cfg.data_cpus,
+                           segmented=plan.cfg.scheduler == "pbt")
         max_t = sum(p.epochs for p in phases)
+        preset = plan.spec.sweep.variant_overrides.get(plan.cfg.variant, ()) if plan.spec.sweep else ()
+        if preset:
+            print(f"sweep of {plan.cfg.variant}: the method's sweep settings {' '.join(preset)}", flush=True)
         print(f"sweep {plan.name}: {plan.spec.name}/{plan.cfg.variant}, {plan.cfg.num_samples} sample(s) of "
               f"{describe(plan.space)}, {plan.cfg.scheduler} on {plan.metric} ({plan.mode}) over {max_t} epoch(s), "
               f"{concurrency} trial(s) at a time{' (resumed)' if restoring else ''}", flush=True)
@@ -263,7 +305,7 @@ def _tuner(plan: Plan, ctx: TrialContext, restoring: bool, concurrency: int, max
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), dict(TRIAL_RESOURCES))
+    trainable = _trainable(ctx)
     path, filesystem = _ray_storage(plan.job.storage_path)
     if restoring:
         return tune.Tuner.restore(storage.join(plan.job.storage_path, plan.name), trainable,
@@ -271,7 +313,9 @@ def _tuner(plan: Plan, ctx: TrialContext, restoring: bool, concurrency: int, max
     _save_settings(plan)
     cfg = plan.cfg
     scheduler = make_scheduler(cfg.scheduler, max_t=max_t, grace_period=cfg.grace_period,
-                               reduction_factor=cfg.reduction_factor)
+                               reduction_factor=cfg.reduction_factor, space=plan.space,
+                               perturbation_interval=cfg.perturbation_interval,
+                               quantile_fraction=cfg.quantile_fraction, synch=cfg.pbt_synch)
     # Tune ignores TuneConfig.max_concurrent_trials beside a BasicVariantGenerator: it takes its own.
     search = BasicVariantGenerator(random_state=cfg.seed, max_concurrent=concurrency)
     return tune.Tuner(
@@ -281,6 +325,20 @@ def _tuner(plan: Plan, ctx: TrialContext, restoring: bool, concurrency: int, max
         run_config=tune.RunConfig(name=plan.name, storage_path=path, storage_filesystem=filesystem,
                                   callbacks=[SweepCallback(plan.name, plan.job.experiment, max_t)],
                                   failure_config=tune.FailureConfig(max_failures=cfg.max_failures), verbose=1))
+
+
+def _trainable(ctx: TrialContext):
+    """The trial function with its resources: a driver of Ray Train runs asks for nothing (a token of
+    memory); a PBT trial trains in its own process and holds its one worker's CPUs and GPU."""
+    from ray import tune
+
+    if not ctx.segmented:
+        return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), dict(TRIAL_RESOURCES))
+    from pipelines.tune.pbt import run_pbt_trial
+
+    scaling = ctx.job.scaling
+    return tune.with_resources(tune.with_parameters(run_pbt_trial, ctx=ctx),
+                               {**TRIAL_RESOURCES, "CPU": scaling.cpus_per_worker, "GPU": int(scaling.use_gpu)})
 
 
 def _settings_url(job, name: str) -> str:

@@ -52,6 +52,8 @@ class TrialContext:
             a running cluster does not inherit the driver's environment.
         stage: train only this phase of the schedule.
         data_cpus: Ray Data CPU limit per Train run.
+        segmented: PBT: the trial trains in its own process and reports checkpoints to Tune
+            (:mod:`pipelines.tune.pbt`) instead of driving Ray Train runs.
     """
 
     method: str
@@ -61,6 +63,7 @@ class TrialContext:
     env: dict[str, str]
     stage: str | None = None
     data_cpus: float | None = None
+    segmented: bool = False
 
 
 def trial_job(ctx: TrialContext, values: dict[str, Any], trial_id: str) -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,6 +96,13 @@ def test_sweep_killed_then_resumed_stops_early_and_registers_best(ray_cluster, m
     assert all(r.data.tags["vidray_trial_epochs"] == "1" and r.info.status == "KILLED" for r in stopped)
     assert {float(r.data.params["optim.lr"]) for r in stopped} == {1.0}
 
+    for run in runs:  # pruned after the sweep: a stopped trial's Train runs are gone, a finished one keeps its last
+        trial_runs = list((tmp_path / "runs" / f"{name}.trials").glob(f"{name}.{run.data.tags['vidray_trial_id']}.*"))
+        if run.data.tags["vidray_trial_status"] == "stopped_early":
+            assert not trial_runs
+        else:
+            assert trial_runs and all(len([c for c in r.glob("checkpoint_*") if c.is_dir()]) == 1 for r in trial_runs)
+
     for trial_id in finished_before:  # not trained again: Tune holds its two epoch results only
         (result_file,) = (tmp_path / "runs" / name).glob(f"*{trial_id}*/result.json")
         assert len(result_file.read_text().splitlines()) == 2
@@ -105,3 +113,61 @@ def test_sweep_killed_then_resumed_stops_early_and_registers_best(ray_cluster, m
     version = client().get_model_version_by_alias("tune-e2e-rgb", "best")
     assert version.tags["vidray_sweep"] == name and status[version.tags["vidray_trial_id"]] == "finished"
     assert json.loads((tmp_path / "runs" / f"{name}.sweep.json").read_text())["scheduler"] == "asha"
+
+
+
+@pytest.fixture(scope="module")
+def debug_data(tmp_path_factory) -> Path:
+    """The folder where the sweeps' debug variant renders its tiny synthetic set (once per module)."""
+    return tmp_path_factory.mktemp("tune-data")
+
+
+def test_pbt_exploited_trial_continues_from_the_donors_checkpoint(ray_cluster, mlflow_server, debug_data, tmp_path,
+                                                                   monkeypatch, capsys):
+    """Two PBT trials side by side, ``lr`` 1e-3 and 1.0 (training loss ~1.3 against ~50), synchronous PBT
+    perturbing at epoch 2 of 3: the weak one loads the strong one's checkpoint (the digest it logs is that
+    file's) and goes on from its epoch and step; the exploit is tagged on its MLflow run. (That a restore keeps the donor's weights and moments
+    under the trial's own hyperparameters is tests/pipelines/tune/test_pbt.py.)"""
+    import hashlib
+
+    from pipelines.train.checkpoint import load_state
+    from pipelines.tune.tracking import client
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    name = f"pbt-e2e-{tmp_path.name}"
+    sets = [f"data.manifest={debug_data / 'debug' / 'ucf101'}", f"storage_path={tmp_path / 'runs'}",
+            "model_name=pbt-e2e", "loop.epochs=3", "data.limit=4", "val_split=none"]
+    argv = ["--method", "supervised", "--variant", "debug", "--num-samples", "1", "--name", name,
+            "--no-default-space", "--space", "optim.lr=grid(1e-3, 1.0)", "--metric", "epoch_loss", "--mode", "min",
+            "--scheduler", "pbt", "--pbt-synch", "--perturbation-interval", "2", "--quantile-fraction", "0.5",
+            "--max-concurrent", "2", "--keep-checkpoints",
+            *[a for s in sets for a in ("--set", s)]]
+    assert load_script("jobs/tune.py").main(argv) == 0
+    assert re.search(r"trial \S+: exploited \S+ at epoch 2", capsys.readouterr().out)
+
+    folders: dict[str, list[Path]] = {}  # a trial restarted with a new config may get a new folder
+    for f in (tmp_path / "runs" / name).glob("run_pbt_trial_*"):
+        folders.setdefault("_".join(f.name.split("_")[3:5]), []).append(f)
+
+    def checkpoints(trial: str) -> dict[int, Path]:  # epoch -> its latest checkpoint folder
+        found = sorted((d for f in folders[trial] for d in f.glob("checkpoint_*")), key=lambda d: d.stat().st_mtime)
+        return {json.loads((d / "pbt.json").read_text())["epoch"]: d for d in found}
+
+    exploits = []  # (exploited trial, donor, epoch of the donor's checkpoint, epoch of the trial's next one)
+    for trial in folders:
+        for epoch, ckpt in checkpoints(trial).items():
+            lineage = json.loads((ckpt / "pbt.json").read_text())["lineage"]
+            exploits += [(trial, hop["from"], hop["epoch"], epoch) for hop in lineage[1:] if hop["from"] != trial]
+    assert exploits, "no trial exploited another"
+    trial, donor, at, after = min(exploits, key=lambda e: e[3])
+    assert (at, after) == (2, 3)  # the first checkpoint the exploited trial wrote after loading the donor's
+    donors = load_state(str(checkpoints(donor)[at]))
+    mine = load_state(str(checkpoints(trial)[after]))
+    assert (mine["epoch"], mine["step"]) == (donors["epoch"] + 1, donors["step"] + 1)  # 4 videos, batch 4
+
+    run = client().search_runs([client().get_experiment_by_name("supervised").experiment_id],
+                               filter_string=f"attributes.run_name = '{name}.{trial}.supervised'")[0]
+    tag = json.loads(run.data.tags[f"pbt_exploit_{at}"])
+    digest = hashlib.sha256((checkpoints(donor)[at] / "state.pt").read_bytes()).hexdigest()
+    assert tag["donor"] == donor and tag["checkpoint_sha256"] == digest
+    assert run.data.metrics["pbt/exploited"] == 1.0

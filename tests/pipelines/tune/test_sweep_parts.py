@@ -30,7 +30,6 @@ def test_resolve_takes_the_method_default_and_adds_the_command_line():
 
 
 @pytest.mark.parametrize("cfg, message", [
-    (SweepConfig(method="supervised", scheduler="pbt"), "PBT copies a donor's weights"),
     (SweepConfig(method="supervised", scheduler="median"), "unknown scheduler"),
     (SweepConfig(method="supervised", metric="epoch_loss"), "--mode"),
     (SweepConfig(method="supervised", variant="huge"), "unknown variant"),
