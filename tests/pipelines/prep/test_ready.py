@@ -45,7 +45,7 @@ def test_missing_flow_names_jobs_flow(tmp_path):
 def test_synthetic_debug_data_is_made_with_what_the_recipe_needs(tmp_path, monkeypatch):
     made = []
     monkeypatch.setattr("pipelines.prep.ready.make_synthetic",
-                        lambda url, preset: made.append(("synthetic", preset)) or _write_at(url))
+                        lambda url, preset, fmt="ucf101": made.append(("synthetic", preset)) or _write_at(url))
     monkeypatch.setattr("pipelines.prep.ready.add_flow", lambda url: made.append(("flow", url)))
     url = str(tmp_path / "debug" / "ucf101")
     ensure_dataset(DataConfig(manifest=url, synthetic="tiny"), [recipes.recipe("coclr")])
