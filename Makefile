@@ -7,7 +7,7 @@ STAMP := $(VENV)/.vidray-installed
 TORCH_VERSION := 2.13.0
 DATA ?= data
 
-.PHONY: install demo test bench clean clean-runs
+.PHONY: install demo test bench reliability clean clean-runs
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -34,6 +34,16 @@ bench: install
 	$(PY) bench/flow.py --quick
 	$(PY) bench/pipeline.py --quick
 	$(PY) bench/train.py --quick
+
+# Reliability at cluster scale (bench/RESULTS.md): the tests marked `reliability` (a 3-node Ray cluster
+# on this machine: tracking outage, 1,000 videos with 5 % broken, a node killed mid-epoch; skipped by
+# `make test`), then bench/reliability.py at full size (60 s outage), its JSON in RELIABILITY_OUT.
+RELIABILITY_OUT ?= $(DATA)/reliability.json
+reliability: install
+	VIDRAY_RELIABILITY=1 $(PY) -m pytest -q tests/reliability
+	@mkdir -p $(dir $(RELIABILITY_OUT))
+	$(PY) bench/reliability.py > $(RELIABILITY_OUT)
+	@echo "figures: $(RELIABILITY_OUT)"
 
 # Data made here (videos, manifests, checkpoints).
 clean:

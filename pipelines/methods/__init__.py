@@ -3,7 +3,7 @@
 Adding a method: its ``vidmodels`` module, its recipe, a spec module here, and one line below.
 """
 
-from pipelines.methods import coclr, detection, dpc, memdpc, supervised
+from pipelines.methods import coarse_fine, coclr, detection, dpc, memdpc, supervised
 from pipelines.methods.spec import METHODS, MethodSpec, Phase, TrainJob, get_method, register
 
 __all__ = ["METHODS", "MethodSpec", "Phase", "TrainJob", "get_method", "register"]
@@ -13,3 +13,4 @@ register(supervised.SPEC)
 register(dpc.SPEC)
 register(memdpc.SPEC)
 register(detection.SPEC)
+register(coarse_fine.SPEC)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 from pipelines.config import apply_overrides
 from pipelines.data import sampling
-from pipelines.data.recipes import activity, classification, coclr, detection, dpc
+from pipelines.data.recipes import activity, classification, coarse_fine, coclr, detection, dpc
 from pipelines.data.recipes import eval as eval_recipe
 from pipelines.data.recipes.base import (COMMON, BatchStage, Columns, PreviewRow, Read, RecipeConfig, Required,
                                          media_error)
@@ -38,7 +38,7 @@ def register_recipe(preset: Callable[[], RecipeConfig]) -> None:
     RECIPES[type(preset()).name] = preset
 
 
-for _module in (coclr, dpc, detection, activity, classification, eval_recipe):  # one entry per recipe
+for _module in (coclr, dpc, detection, activity, coarse_fine, classification, eval_recipe):  # one entry per recipe
     register_recipe(_module.preset)
 
 

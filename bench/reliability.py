@@ -1,0 +1,725 @@
+"""Reliability at cluster scale: what survives a dead node, storage faults, a tracking outage, bad data.
+
+    python bench/reliability.py [--quick] [--only node_failure,s3_faults,...] [--outage-s 60] [--keep]
+
+Prints ONE JSON object on stdout (progress on stderr); the figures and their context go to
+``bench/RESULTS.md`` ("Reliability at cluster scale"). Everything runs on this machine, on
+loopback, and is stopped by process group afterwards (never ``ray stop``):
+
+* a Ray cluster of a 0-CPU head (:class:`~pipelines.cluster.LocalHead`, token auth, its own
+  token file) and two worker nodes of 2 CPUs each (``ray start --address``, own temp dirs,
+  :mod:`bench.reliability_cluster`);
+* moto's S3 server behind :class:`~bench.s3_faults.FaultProxy` (every S3 client of every node
+  talks to the proxy: ``AWS_ENDPOINT_URL``), an ``mlflow server`` behind a
+  :class:`~bench.reliability_services.TcpSwitch` (``MLFLOW_TRACKING_URI``). The credentials
+  are random strings that the security scan looks for.
+
+Scenarios (each a function returning its figures; ``tests/reliability`` calls the same
+functions at smaller sizes and asserts on what they return):
+
+``security``        the job API / dashboard without, with a wrong and with the token; the
+                    addresses the head's sockets listen on; a job (ingest + train from S3)
+                    submitted with ``ray job submit``, then the MLflow store, its artifacts,
+                    the job's output and every node's Ray logs scanned for the credentials.
+``s3_faults``       ingest and one training epoch reading S3, without faults, then with
+                    ``--fault-rate`` (500, 503 SlowDown, connection reset, 2 s stall, in turn
+                    at random): requests, faults, retries, seconds, and whether every video is
+                    accounted for with identical manifests.
+``bad_data``        ``--bad-videos`` tiny videos with 5 % broken (corrupt, truncated, empty,
+                    non-video, missing), ingested from S3 and trained one epoch over S3.
+``tracking_outage`` the MLflow server is unreachable for ``--outage-s`` seconds during a
+                    2-node training run: training goes on; every metric arrives afterwards.
+``node_failure``    a 2-worker run spread over both worker nodes; the raylet of the node of
+                    rank ``--kill-rank`` is SIGKILLed mid-epoch, after a mid-epoch checkpoint:
+                    the run finishes on the remaining node from that checkpoint. The driver
+                    first creates the quarantine ledger and the epoch clock on the head
+                    (``--pin-data-actors``, a workaround: see ``node_failure_unpinned``).
+``node_failure_unpinned``  the same with the project's own placement of those two 0-CPU actors
+                    (wherever Ray puts them), killing the node that holds the ledger when it
+                    is a worker node: what happens today when that node dies.
+
+``--quick`` is the test size (fewer videos, 20 s outage, 200 bad-data videos).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pipelines  # noqa: E402,F401 - sets Ray's auth mode before anything imports ray
+from bench import common  # noqa: E402
+from bench.common import load1, log  # noqa: E402
+from bench.reliability_cluster import (  # noqa: E402
+    LocalCluster,
+    alive_actors,
+    NODE_RESOURCE,
+    auth_token,
+    grep_files,
+    http_get,
+    listening_sockets,
+    process_tree,
+)
+from bench.reliability_data import make_ucf_source, upload_tree  # noqa: E402
+from bench.reliability_services import MlflowServer, MotoS3, TcpSwitch  # noqa: E402
+from bench.reliability_train import read_events  # noqa: E402
+from bench.s3_faults import KINDS, FaultProxy  # noqa: E402
+
+BUCKET = "vidray-reliability"
+EXPERIMENT = "supervised"
+# Every scenario trains the supervised method at debug size (s3d_debug, 8 x 64² clips) from a manifest
+# it made, with 2 workers of 0.5 CPU, no per-epoch validation, checkpoints on local disk (all nodes
+# share this machine's filesystem; on a real cluster storage_path is s3://).
+BASE_SETS = ("data.synthetic=none", "data.limit=none", "val_split=none", "scaling.num_workers=2",
+             "scaling.cpus_per_worker=0.5", "loop.batch_size=4")
+RETRY_CONFIG = {"botocore": "retries max_attempts 5 (= up to 5 retries, 6 attempts), mode adaptive (client-side "
+                            "rate limiting after throttles); connect_timeout 10 s, read_timeout 60 s "
+                            "(pipelines/io/storage.py s3_options)",
+                "s3fs": "retries 5 on its retryable errors (s3fs default)",
+                "vidray": "storage.retry: 5 attempts, exponential backoff with full jitter, 0.2 s base, "
+                          "10 s cap, on transient errors"}
+
+
+@dataclasses.dataclass
+class Stack:
+    """What every scenario runs on (see the module docstring)."""
+
+    work: Path
+    cluster: LocalCluster
+    s3: MotoS3
+    proxy: FaultProxy
+    mlflow: MlflowServer
+    switch: TcpSwitch
+    secrets: dict[str, str]
+
+    @property
+    def env(self) -> dict[str, str]:
+        """A driver's environment: the cluster's (credentials included) and its address."""
+        return {**self.cluster.env, "RAY_ADDRESS": self.cluster.address}
+
+    @contextlib.contextmanager
+    def reading_s3(self) -> Iterator[None]:
+        """This process reads the bucket directly (not through the fault proxy) while inside."""
+        keys = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+        saved = {k: os.environ.get(k) for k in keys}
+        os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+        os.environ.update(AWS_ENDPOINT_URL=self.s3.url, AWS_ACCESS_KEY_ID="admin", AWS_SECRET_ACCESS_KEY="admin",
+                          AWS_REGION="us-east-1")
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    def temp_dirs(self) -> list[str]:
+        nodes = [self.cluster.head.temp_dir] + [n.temp_dir for n in self.cluster.workers]
+        return [d for d in nodes if d]
+
+
+@contextlib.contextmanager
+def stack(work: Path, *, head_cpus: int = 0, worker_cpus: tuple[int, ...] = (2, 2),
+          keep_logs: bool = False) -> Iterator[Stack]:
+    """Start S3 + fault proxy, MLflow + switch, and the cluster; stop all of it on exit.
+
+    ``head_cpus=2, worker_cpus=()`` is a one-node cluster (the CI-sized tests)."""
+    work.mkdir(parents=True, exist_ok=True)
+    creds = {"AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
+             "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30)}
+    token = work / "ray_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    with contextlib.ExitStack() as stop:
+        s3 = stop.enter_context(MotoS3(work / "moto"))
+        s3.create_bucket(BUCKET)
+        proxy = stop.enter_context(FaultProxy(s3.url, rate=0.0, seed=0))
+        mlflow = stop.enter_context(MlflowServer(work / "mlflow"))
+        switch = TcpSwitch(mlflow.port)
+        switch.on()
+        stop.callback(switch.off)
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+        env = {**base, **creds, "AWS_ENDPOINT_URL": proxy.url, "AWS_REGION": "us-east-1",
+               "MLFLOW_TRACKING_URI": switch.url, "VIDRAY_HOME": str(work / "home"), "VIDRAY_GIT_COMMIT": "bench",
+               "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "PYTHONPATH": str(ROOT),
+               "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+        cluster = LocalCluster(head_cpus=head_cpus, worker_cpus=worker_cpus, env=env, keep_logs=keep_logs, echo=log)
+        stop.enter_context(cluster)
+        yield Stack(work, cluster, s3, proxy, mlflow, switch,
+                    {**creds, "RAY_AUTH_TOKEN": token.read_text().strip()})
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def run_driver(st: Stack, args: list[str], *, timeout: float, env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess:
+    """``python <args>`` from the checkout as a driver of the cluster; output captured."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env or st.env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def ingest(st: Stack, src: str, dst: str, *, timeout: float = 1800) -> tuple[dict[str, Any], float, str]:
+    """``jobs/ingest.py --format ucf101 --json`` on the cluster: ``(report, seconds, output)``."""
+    started = time.perf_counter()
+    out = run_driver(st, ["jobs/ingest.py", "--format", "ucf101", "--src", src, "--dst", dst, "--json"],
+                     timeout=timeout)
+    seconds = time.perf_counter() - started
+    if out.returncode != 0:
+        raise RuntimeError(f"ingest {src} -> {dst} failed ({out.returncode}):\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1]), seconds, out.stdout + out.stderr
+
+
+def train_sets(manifest_url: str, storage: Path, run_name: str, *, epochs: int, log_every: int = 2,
+               checkpoint_every: int = 0) -> list[str]:
+    return [*BASE_SETS, f"data.manifest={manifest_url}", f"storage_path={storage}", f"run_name={run_name}",
+            f"model_name={run_name}", f"loop.epochs={epochs}", f"loop.log_every_n_steps={log_every}",
+            f"loop.checkpoint_every_n_steps={checkpoint_every}"]
+
+
+def start_training(st: Stack, sets: list[str], events: Path, *, spread: bool = True,
+                   pin_data_actors: bool = False) -> subprocess.Popen:
+    """The training driver (``bench/reliability_train.py``) as a background process; output in ``events``.log."""
+    args = [sys.executable, "bench/reliability_train.py", "--events", str(events)]
+    if pin_data_actors:
+        args.append("--pin-data-actors")
+    if spread:
+        args += ["--spread", ",".join(NODE_RESOURCE.format(n.index) for n in st.cluster.workers)]
+    for s in sets:
+        args += ["--set", s]
+    with open(events.with_suffix(".log"), "w") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(args, cwd=ROOT, env=st.env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def finish_training(proc: subprocess.Popen, events: Path, timeout: float) -> tuple[int, str]:
+    """Wait for the driver; ``(exit status, output tail)``."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return proc.returncode, events.with_suffix(".log").read_text(errors="replace")
+
+
+def train(st: Stack, sets: list[str], events: Path, *, timeout: float = 1800) -> dict[str, Any]:
+    """A whole training run; its events, seconds and exit status."""
+    started = time.perf_counter()
+    code, tail = finish_training(start_training(st, sets, events), events, timeout)
+    evs = read_events(events)
+    return {"exit": code, "seconds": round(time.perf_counter() - started, 1), "events": evs, "tail": tail[-6000:],
+            "retry_warnings": tail.count("; retry ")}
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, poll_s: float = 0.5):
+    """Poll ``predicate()`` until it returns something truthy; raises after ``timeout`` or if ``proc`` exits."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the driver exited ({proc.returncode}) while waiting for {what}")
+        time.sleep(poll_s)
+    raise TimeoutError(f"{what} did not happen within {timeout:.0f}s")
+
+
+def reports(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] == "report"]
+
+
+def epoch_steps(events: list[dict[str, Any]]) -> list[int]:
+    """Optimizer steps per finished epoch (its end-of-epoch reports), in order."""
+    ends = [e for e in reports(events) if e["epoch_end"]]
+    return [int(e["step"]) - (int(ends[i - 1]["step"]) if i else 0) for i, e in enumerate(ends)]
+
+
+def phase_run(st: Stack, run_name: str):
+    """The MLflow phase run ``<run_name>.supervised``, read from the server directly (not via the switch)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(st.mlflow.url)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}.supervised'")
+    return runs[0] if runs else None
+
+
+def mlflow_history(st: Stack, run_name: str, key: str) -> list[Any]:
+    """The metric history of ``key`` in the phase run of ``run_name``."""
+    from mlflow import MlflowClient
+
+    run = phase_run(st, run_name)
+    return MlflowClient(st.mlflow.url).get_metric_history(run.info.run_id, key) if run else []
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def per_step(sets: list[str]) -> int:
+    values = dict(s.split("=", 1) for s in sets)
+    return int(values["loop.batch_size"]) * int(values["scaling.num_workers"])
+
+
+_DATASETS: dict[tuple[str, int], str] = {}
+
+
+def local_dataset(st: Stack, videos: int) -> str:
+    """A clean ingested dataset of ``videos`` tiny videos on local disk (made once per stack)."""
+    key = (str(st.work), videos)
+    if key not in _DATASETS:
+        src, dst = st.work / f"clean-{videos}-src", st.work / f"clean-{videos}"
+        make_ucf_source(src, videos)
+        report, seconds, _ = ingest(st, str(src), str(dst))
+        log(f"ingested {report['accepted']} clean videos in {seconds:.0f}s")
+        _DATASETS[key] = str(dst)
+    return _DATASETS[key]
+
+
+def s3_source(st: Stack, name: str, videos: int, broken_frac: float, *, workers: int = 1) -> tuple[str, dict]:
+    """Render a source, upload it to ``s3://BUCKET/<name>`` directly (not through the proxy)."""
+    local = st.work / name
+    started = time.perf_counter()
+    expected = make_ucf_source(local, videos, broken_frac=broken_frac, workers=workers)
+    rendered = time.perf_counter() - started
+    files = upload_tree(local, f"s3://{BUCKET}/{name}", endpoint=st.s3.url)
+    expected.update(render_s=round(rendered, 1), uploaded_files=files,
+                    hashes={p.stem: sha256_file(p) for p in (local / "UCF-101").rglob("*.mp4")})
+    return f"s3://{BUCKET}/{name}", expected
+
+
+def check_ingest(report: dict[str, Any], dst: str, expected: dict[str, Any]) -> dict[str, Any]:
+    """Accounting, quarantine kinds and reasons, and the accepted bytes against the source's."""
+    from pipelines.io import manifest
+
+    rows = manifest.read_manifest(dst).to_pylist()
+    quarantine = {r["video_id"]: r for r in manifest.read_quarantine(dst).to_pylist()}
+    wrong_kind = {v: (quarantine.get(v, {}).get("kind"), k) for v, k in expected["broken"].items()
+                  if quarantine.get(v, {}).get("kind") != k}
+    substituted = [r["video_id"] for r in rows if r["content_hash"] != expected["hashes"].get(r["video_id"])]
+    bad_frames = [r["video_id"] for r in rows if r["num_frames"] != expected["frames"]]
+    return {"inputs": report["inputs"], "accepted": report["accepted"], "quarantined": report["quarantined"],
+            "reconciles": report["inputs"] == report["accepted"] + report["quarantined"] == expected["inputs"],
+            "reasons": report["reasons"], "expected_broken": len(expected["broken"]),
+            "broken_quarantined_with_expected_kind": len(expected["broken"]) - len(wrong_kind),
+            "wrong_or_missing_kind": wrong_kind,
+            "good_videos_quarantined": sorted(set(quarantine) - set(expected["broken"])),
+            "accepted_equals_good": sorted(r["video_id"] for r in rows) == sorted(expected["good"]),
+            "accepted_with_other_bytes": substituted, "accepted_with_wrong_frame_count": bad_frames,
+            "reasons_all_explained": all(len(q["reason"] or "") > 20 for q in quarantine.values())}
+
+
+def check_training(run: dict[str, Any], dst: str, videos_train: int, step_clips: int) -> dict[str, Any]:
+    """Did an epoch see every video: steps = floor(videos / clips per step), nothing quarantined at decode."""
+    from pipelines.io import manifest
+
+    decode = [r for r in manifest.read_quarantine(dst).to_pylist() if r["stage"] == "decode"]
+    steps = epoch_steps(run["events"])
+    return {"exit": run["exit"], "seconds": run["seconds"], "epoch_steps": steps,
+            "expected_steps_per_epoch": videos_train // step_clips,
+            "clips_trained_per_epoch": [s * step_clips for s in steps], "train_videos": videos_train,
+            "decode_quarantined": len(decode),
+            "decode_quarantine_kinds": sorted({r["kind"] for r in decode})}
+
+
+# ----------------------------------------------------------------------------- scenarios
+
+
+def security(st: Stack, *, videos: int = 6) -> dict[str, Any]:
+    """Token on the job API and dashboard, bound addresses, and a credential scan after a submitted job."""
+    from pipelines.cluster import ray_job_submit
+
+    head, token = st.cluster.head, auth_token(st.cluster.env)
+    api = f"{head.dashboard_url}/api/jobs/"
+    statuses = {"no_token": http_get(api)[0], "wrong_token": http_get(api, "0" * 64)[0],
+                "token": http_get(api, token)[0],
+                "dashboard_nodes_no_token": http_get(f"{head.dashboard_url}/nodes?view=summary")[0],
+                "submit_no_token": _post_status(api, {"entrypoint": "echo pwned"})}
+    names = {port: name for name, port in head.ports.items()}
+    sockets = [{"address": a, "port": p, "what": names.get(p, "other")}
+               for a, p in listening_sockets(process_tree(head.pid))]
+    dashboard_binds = sorted({s["address"] for s in sockets if s["port"] == head.ports["dashboard"]})
+    for sock in sockets:  # what answers plain HTTP without a token on an address other than loopback
+        if sock["address"] not in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"):
+            sock["http_no_token"] = _http_probe(sock["port"])
+
+    src, expected = s3_source(st, "sec-raw", videos, 0.0)
+    dst, runs = f"s3://{BUCKET}/sec-ds", st.work / "sec-runs"
+    sets = train_sets(dst, runs, "reliability-sec", epochs=1, log_every=1)
+    steps = [["python", "jobs/ingest.py", "--format", "ucf101", "--src", src, "--dst", dst],
+             ["python", "jobs/train.py", "--method", "supervised", "--variant", "debug",
+              *[x for s in sets for x in ("--set", s)], "--set", "scaling.num_workers=1"]]
+    entry = ["bash", "-c", " && ".join(shlex.join(cmd) for cmd in steps)]  # the CLI quotes each token
+    runtime_env = {"env_vars": {"RAY_ADDRESS": st.cluster.address}}  # nothing secret: nodes hold the credentials
+    started = time.perf_counter()
+    out = ray_job_submit(head.dashboard_url, str(ROOT), entry, runtime_env=runtime_env, env=st.cluster.env,
+                         capture=True)
+    job_s = time.perf_counter() - started
+    job_output = out.stdout + out.stderr
+    listed = subprocess.run([head.ray_bin, "job", "list", "--address", head.dashboard_url], env=st.cluster.env,
+                            capture_output=True, text=True, timeout=120).stdout
+    scan = scan_for_secrets(st, {"job_output": job_output, "ray_job_list": listed})
+    return {"http_status": statuses, "dashboard_bound_to": dashboard_binds, "head_listening": sockets,
+            "job_exit": out.returncode, "job_s": round(job_s, 1), "job_trained": "epoch 1/1" in job_output,
+            "secret_scan": scan, "job_output_tail": job_output[-1500:] if out.returncode else ""}
+
+
+def _http_probe(port: int) -> str:
+    """``GET /`` and ``GET /metrics`` on this machine's own address: the status, or why there is none."""
+    import socket as _socket
+
+    with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as udp:  # the address Ray picks; nothing is sent
+        udp.connect(("192.0.2.1", 9))
+        host = udp.getsockname()[0]
+    answers = []
+    for path in ("/", "/metrics"):
+        try:
+            answers.append(f"{path} {http_get(f'http://{host}:{port}{path}', timeout=3)[0]}")
+        except Exception as exc:  # noqa: BLE001 - a gRPC or raw TCP port answers no HTTP: that is the answer
+            answers.append(f"{path} {type(exc).__name__}")
+    return ", ".join(answers)
+
+
+def _post_status(url: str, body: dict) -> int:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def scan_for_secrets(st: Stack, texts: dict[str, str]) -> dict[str, Any]:
+    """Where the credentials (and the Ray token) appear: MLflow params/tags, its DB file and artifacts,
+    the given texts, and every file in the nodes' Ray temp dirs."""
+    from mlflow import MlflowClient
+
+    needles = dict(st.secrets)
+    client = MlflowClient(st.mlflow.url)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    fields = "\n".join(json.dumps({"params": r.data.params, "tags": r.data.tags, "name": r.info.run_name})
+                       for r in runs)
+    found: dict[str, list[str]] = {name: [] for name in needles}
+    for where, text in {"mlflow_params_and_tags": fields, **texts}.items():
+        for name, value in needles.items():
+            if value in text:
+                found[name].append(where)
+    hits = grep_files(st.mlflow.workdir, list(needles.values()))  # mlflow.db, artifacts/, server.log
+    for name, value in needles.items():
+        found[name] += [f"mlflow:{Path(f).relative_to(st.mlflow.workdir)}" for f in hits[value]]
+    for root in st.temp_dirs():
+        hits = grep_files(root, list(needles.values()))
+        for name, value in needles.items():
+            found[name] += [f"ray_temp:{f}" for f in hits[value]]
+    artifact_files = sum(1 for p in Path(st.mlflow.artifact_root).rglob("*") if p.is_file()) \
+        if Path(st.mlflow.artifact_root).exists() else 0
+    return {"runs_scanned": len(runs), "params_scanned": sum(len(r.data.params) for r in runs),
+            "tags_scanned": sum(len(r.data.tags) for r in runs), "artifact_files_scanned": artifact_files,
+            "ray_files_scanned": sum(1 for d in st.temp_dirs() for p in Path(d).rglob("*") if p.is_file()),
+            "found": found}
+
+
+def s3_faults(st: Stack, *, videos: int = 24, broken_frac: float = 0.125, rate: float = 0.1,
+              kinds: tuple[str, ...] = KINDS, baseline: bool = True) -> dict[str, Any]:
+    """Ingest + one training epoch over S3, without (unless not ``baseline``) and with injected faults."""
+    src, expected = s3_source(st, f"faults-raw-{videos}", videos, broken_frac)
+    out: dict[str, Any] = {"videos": videos, "broken": len(expected["broken"]), "fault_rate": rate,
+                           "kinds": list(kinds), "retry_config": RETRY_CONFIG}
+    manifests = {}
+    for mode, r in (("baseline", 0.0), ("faults", rate))[0 if baseline else 1:]:
+        dst = f"s3://{BUCKET}/faults-ds-{videos}-{mode}"
+        st.proxy.rate, st.proxy.kinds = 0.0, tuple(kinds)
+        st.proxy.reset_counts()
+        st.proxy.rate = r
+        report, seconds, text = ingest(st, src, dst)
+        ingest_proxy = st.proxy.stats()
+        st.proxy.rate = 0.0
+        with st.reading_s3():
+            checked = check_ingest(report, dst, expected)
+        sets = train_sets(dst, st.work / f"faults-runs-{mode}", f"reliability-faults-{videos}-{mode}", epochs=1)
+        st.proxy.reset_counts()
+        st.proxy.rate = r
+        run = train(st, sets, st.work / f"faults-{videos}-{mode}.jsonl")
+        train_proxy = st.proxy.stats()
+        st.proxy.rate = 0.0
+        from pipelines.io import manifest
+
+        with st.reading_s3():
+            table = manifest.read_manifest(dst)
+            trained = check_training(run, dst, sum(1 for s in table.column("split").to_pylist() if s == "train"),
+                                     per_step(sets))
+        manifests[mode] = sorted(zip(table.column("video_id").to_pylist(), table.column("content_hash").to_pylist(),
+                                     table.column("num_frames").to_pylist()))
+        out[mode] = {"ingest": {**checked, "seconds": round(seconds, 1), "proxy": ingest_proxy,
+                                "vidray_retry_warnings": text.count("; retry ")},
+                     "train": {**trained, "proxy": train_proxy,
+                               "vidray_retry_warnings": run["retry_warnings"],
+                               "tail": run["tail"][-1500:] if run["exit"] else ""}}
+    if not baseline:
+        return out
+    out["manifests_identical"] = manifests["baseline"] == manifests["faults"]
+    for phase in ("ingest", "train"):
+        base, faulty = out["baseline"][phase]["seconds"], out["faults"][phase]["seconds"]
+        out[f"{phase}_slowdown"] = round(faulty / base, 2) if base else None
+    return out
+
+
+def bad_data(st: Stack, *, videos: int = 1000, broken_frac: float = 0.05, workers: int = 2) -> dict[str, Any]:
+    """``videos`` tiny videos, ``broken_frac`` broken, ingested from S3 and trained one epoch over S3."""
+    src, expected = s3_source(st, f"bad-raw-{videos}", videos, broken_frac, workers=workers)
+    dst = f"s3://{BUCKET}/bad-ds-{videos}"
+    st.proxy.reset_counts()
+    report, seconds, _ = ingest(st, src, dst)
+    ingest_proxy = st.proxy.stats()
+    from pipelines.io import manifest
+
+    with st.reading_s3():
+        checked = check_ingest(report, dst, expected)
+        table = manifest.read_manifest(dst)
+    train_rows = sum(1 for s in table.column("split").to_pylist() if s == "train")
+    sets = train_sets(dst, st.work / "bad-runs", f"reliability-bad-{videos}", epochs=1, log_every=10)
+    st.proxy.reset_counts()
+    run = train(st, sets, st.work / f"bad-{videos}.jsonl", timeout=3600)
+    with st.reading_s3():
+        trained = check_training(run, dst, train_rows, per_step(sets))
+    return {"videos": videos, "broken_frac": broken_frac, "render_s": expected["render_s"],
+            "broken_as": _count(expected["broken_as"].values()), "ingest": {**checked, "seconds": round(seconds, 1),
+                                                                             "s3_requests": ingest_proxy["requests"]},
+            "train": {**trained, "s3_requests": st.proxy.stats()["requests"],
+                      "tail": run["tail"][-1500:] if run["exit"] else ""}}
+
+
+def _count(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def tracking_outage(st: Stack, *, videos: int = 96, epochs: int = 3, outage_s: float = 20.0) -> dict[str, Any]:
+    """MLflow unreachable for ``outage_s`` during a 2-node run: training goes on, metrics arrive afterwards."""
+    manifest_url = local_dataset(st, videos)
+    run_name = f"reliability-outage-{int(outage_s)}"
+    sets = train_sets(manifest_url, st.work / "outage-runs", run_name, epochs=epochs, log_every=1)
+    events = st.work / f"outage-{int(outage_s)}.jsonl"
+    started = time.time()
+    proc = start_training(st, sets, events)
+    try:
+        wait_for(lambda: reports(read_events(events)), 900, "the first report", proc)
+        off_at = time.time()
+        st.switch.off()
+        time.sleep(outage_s)
+        st.switch.on()
+        on_at = time.time()
+        backlog_s = _backlog_delivered(st, run_name, events, on_at)
+        code, tail = finish_training(proc, events, 1800)
+    finally:
+        st.switch.on()
+        if proc.poll() is None:
+            proc.kill()
+    evs = read_events(events)
+    reps = reports(evs)
+    during = [e for e in reps if off_at <= e["t"] <= on_at]
+    logged_steps = sorted({int(e["step"]) for e in reps if not e["epoch_end"]})
+    history = mlflow_history(st, run_name, "train/loss")
+    arrived = sorted({int(m.step) for m in history})
+    run = phase_run(st, run_name)
+    return {"outage_s": outage_s, "videos": videos, "epochs": epochs, "exit": code,
+            "train_s": round(time.time() - started, 1),
+            "training_continued": bool(during), "reports_during_outage": len(during),
+            "steps_during_outage": [int(during[0]["step"]), int(during[-1]["step"])] if during else [],
+            "ended_after_outage": bool(reps) and reps[-1]["t"] > on_at,
+            "backlog_in_mlflow_s": backlog_s,
+            "step_metrics_logged": len(logged_steps), "step_metrics_in_mlflow": len(arrived),
+            "missing_steps": sorted(set(logged_steps) - set(arrived)),
+            "outage_steps_in_mlflow": sum(1 for e in during if int(e["step"]) in set(arrived)),
+            "run_status": run.info.status if run else None,
+            "tracking_outages_tag": run.data.tags.get("tracking_outages") if run else None,
+            "tail": tail[-1500:] if code else ""}
+
+
+DATA_ACTORS = ("QuarantineLedger", "EpochClock", "PinnedEpochClock")
+
+
+def node_failure(st: Stack, *, videos: int = 96, epochs: int = 1, checkpoint_every: int = 4, log_every: int = 2,
+                 kill_rank: int = 0, kill_epoch: int = 0, pin_data_actors: bool = True, victim: str = "rank",
+                 restore: bool = True) -> dict[str, Any]:
+    """SIGKILL a worker node's raylet mid-epoch ``kill_epoch``, after a checkpoint; the run must finish.
+
+    ``victim="rank"``: the node of rank ``kill_rank``; ``"ledger"``: the node holding the quarantine
+    ledger when it is a worker node (else that of ``kill_rank``). ``pin_data_actors``: the driver
+    creates the ledger and the epoch clock on the head first (``bench/reliability_train.py``).
+    """
+    manifest_url = local_dataset(st, videos)
+    run_name = f"reliability-node-{videos}-{epochs}-{victim}{'-pinned' if pin_data_actors else ''}"
+    sets = train_sets(manifest_url, st.work / "node-runs", run_name, epochs=epochs, log_every=log_every,
+                      checkpoint_every=checkpoint_every)
+    steps_per_epoch = math.floor(videos / per_step(sets))  # every video of the clean set is in train
+    epoch_start = kill_epoch * steps_per_epoch
+    kill_step = epoch_start + checkpoint_every + max(log_every, checkpoint_every // 2)
+    if kill_step >= epoch_start + steps_per_epoch:
+        raise ValueError(f"an epoch of {steps_per_epoch} steps has no room to kill after a checkpoint at "
+                         f"{checkpoint_every} steps; give more videos")
+    events = st.work / f"{run_name}.jsonl"
+    started = time.time()
+    proc = start_training(st, sets, events, pin_data_actors=pin_data_actors)
+    try:
+        first = wait_for(lambda: [e for e in read_events(events) if e["event"] == "group_started"], 900,
+                         "the worker group", proc)[0]
+        wait_for(lambda: [e for e in reports(read_events(events)) if int(e["step"] or 0) >= kill_step], 1800,
+                 f"step {kill_step}", proc, poll_s=0.1)
+        actors = {str(a["class_name"]).rsplit(".", 1)[-1]: a["node_id"]
+                  for a in alive_actors(st.cluster.dashboard_url, auth_token(st.env))
+                  if str(a["class_name"]).rsplit(".", 1)[-1] in DATA_ACTORS}
+        target_node = first["ranks"][str(kill_rank)]
+        if victim == "ledger" and actors.get("QuarantineLedger") in {n.node_id for n in st.cluster.workers}:
+            target_node = actors["QuarantineLedger"]
+        node = next(n for n in st.cluster.workers if n.node_id == target_node)
+        killed_at = node.kill_raylet()
+        code, tail = finish_training(proc, events, 1800)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    evs = read_events(events)
+    figures = _recovery_figures(evs, killed_at, epoch_start, steps_per_epoch, epochs)
+    history = mlflow_history(st, run_name, "train/loss")
+    before = [m for m in history if m.timestamp / 1000 < killed_at]
+    figures.update(
+        exit=code, videos=videos, epochs=epochs, steps_per_epoch=steps_per_epoch, checkpoint_every=checkpoint_every,
+        log_every=log_every, kill_rank=kill_rank, victim=victim, pin_data_actors=pin_data_actors,
+        killed_node=f"worker{node.index}",
+        data_actors={k: st.cluster.node_label(v) for k, v in actors.items()},
+        killed_ranks=sorted(r for r, n in first["ranks"].items() if n == node.node_id),
+        initial_placement={r: st.cluster.node_label(n) for r, n in first["ranks"].items()},
+        restarted_placement={r: st.cluster.node_label(n) for r, n in (figures["restarted_placement"] or {}).items()},
+        wall_s=round(time.time() - started, 1),
+        mlflow_steps_before_kill=max((int(m.step) for m in before), default=None),
+        tail=tail[-2000:] if code else "")
+    if restore:  # later scenarios want two worker nodes again
+        node.stop()
+        node.start()
+    return figures
+
+
+def _recovery_figures(evs: list[dict[str, Any]], killed_at: float, epoch_start: int, steps_per_epoch: int,
+                      epochs: int) -> dict[str, Any]:
+    reps = reports(evs)
+    before = [e for e in reps if e["t"] < killed_at]
+    after = [e for e in reps if e["t"] >= killed_at]
+    ckpt = [e for e in before if e["checkpoint"]]
+    starts = [e for e in evs if e["event"] == "group_started"]
+    restart = next((e for e in starts if e["t"] >= killed_at), None)
+    failure = next((e for e in evs if e["event"] in ("worker_exception", "group_abort") and e["t"] >= killed_at),
+                   None)
+    last_before = int(before[-1]["step"]) if before else 0
+    restored = int(ckpt[-1]["step"]) if ckpt else 0
+    first_after = after[0] if after else None
+    final = int(reps[-1]["step"]) if reps else 0
+    return {"finished": any(e["event"] == "driver_done" for e in evs),
+            "last_reported_step_before_kill": last_before, "checkpoint_step_restored": restored,
+            "steps_lost": last_before - restored,
+            "steps_redone_from_epoch_start": restored - epoch_start,
+            "first_step_after_restart": int(first_after["step"]) if first_after else None,
+            "final_step": final, "planned_steps": steps_per_epoch * epochs,
+            "extra_steps_run": final - steps_per_epoch * epochs,
+            "detect_s": round(failure["t"] - killed_at, 1) if failure else None,
+            "regroup_s": round(restart["t"] - killed_at, 1) if restart else None,
+            "recover_s": round(first_after["t"] - killed_at, 1) if first_after else None,
+            "restarted_placement": restart["ranks"] if restart else None,
+            "group_starts": len(starts), "failure": failure}
+
+
+def _backlog_delivered(st: Stack, run_name: str, events: Path, since: float, timeout: float = 300) -> float | None:
+    """Seconds after ``since`` until MLflow holds every step metric reported before ``since``."""
+    needed = {int(e["step"]) for e in reports(read_events(events)) if e["t"] <= since and not e["epoch_end"]}
+    deadline = since + timeout
+    while time.time() < deadline:
+        if needed <= {int(m.step) for m in mlflow_history(st, run_name, "train/loss")}:
+            return round(time.time() - since, 1)
+        time.sleep(1)
+    return None
+
+
+def node_failure_unpinned(st: Stack, **kwargs: Any) -> dict[str, Any]:
+    """:func:`node_failure` with the project's own placement of the data actors, killing the ledger's node."""
+    return node_failure(st, **{**kwargs, "pin_data_actors": False, "victim": "ledger"})
+
+
+SCENARIOS = ("security", "s3_faults", "bad_data", "tracking_outage", "node_failure", "node_failure_unpinned")
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    quick = args.quick
+    sizes = {"security": {},
+             "s3_faults": {"videos": 24 if quick else 48, "rate": args.fault_rate},
+             "bad_data": {"videos": args.bad_videos or (200 if quick else 1000)},
+             "tracking_outage": {"videos": 96, "epochs": 3 if quick else 6,
+                                 "outage_s": args.outage_s or (20.0 if quick else 60.0)},
+             "node_failure": {"videos": 96 if quick else 240, "epochs": 1 if quick else 2,
+                              "checkpoint_every": 4 if quick else 6, "kill_rank": args.kill_rank,
+                              "kill_epoch": 0 if quick else 1, "restore": True}}
+    sizes["node_failure_unpinned"] = {**sizes["node_failure"], "restore": False}
+    chosen = [s for s in SCENARIOS if s in (args.only.split(",") if args.only else SCENARIOS)]
+    out: dict[str, Any] = {"config": {**vars(args), "sizes": {s: sizes[s] for s in chosen}}}
+    with stack(work, keep_logs=args.keep) as st:
+        for name in chosen:
+            log(f"scenario {name}")
+            before, started = load1(), time.perf_counter()
+            try:
+                result = globals()[name](st, **sizes[name])
+            except Exception as exc:  # noqa: BLE001 - one scenario's failure is a figure too
+                result = {"error": f"{type(exc).__name__}: {exc}"}
+            out[name] = {**result, "scenario_s": round(time.perf_counter() - started, 1), "load_before": before,
+                         "load_after": load1()}
+            log(f"scenario {name} done in {out[name]['scenario_s']}s")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="test sizes: fewer videos, 20 s outage")
+    p.add_argument("--only", help=f"comma-separated scenarios of {','.join(SCENARIOS)}")
+    p.add_argument("--outage-s", type=float, help="tracking outage (default 60, --quick 20)")
+    p.add_argument("--fault-rate", type=float, default=0.1, help="share of S3 requests given a fault")
+    p.add_argument("--bad-videos", type=int, help="videos of the bad-data scenario (default 1000, --quick 200)")
+    p.add_argument("--kill-rank", type=int, default=0, help="the node of this rank loses its raylet")
+    p.add_argument("--work", help="work dir (default: a temporary one, deleted)")
+    p.add_argument("--keep", action="store_true", help="keep the nodes' Ray logs and the work dir")
+    args = p.parse_args(argv)
+    machine, load_start, started = common.machine_info(), load1(), time.time()
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="vrel", dir="/tmp"))
+    try:
+        report = measure(args, work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    command = "python bench/reliability.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = common.envelope("bench/reliability.py", command.strip(), "quick" if args.quick else "default", report,
+                          machine=machine, load_start=load_start, started=started)
+    print(json.dumps(out, indent=2, default=str))
+    log(f"done in {out['wall_s']} s")
+    return out
+
+
+if __name__ == "__main__":
+    main()
