@@ -23,7 +23,7 @@ Claims (each a comparison of means over seeds, with how many seeds hold): every 
 cls is larger on multi-label frames than on single-label frames. No Ray. Prints one JSON object;
 progress on stderr. Usage::
 
-    python bench/detection_claims.py                  # 3 seeds, ~510 s of CPU (~10 min on an idle core)
+    python bench/detection_claims.py                  # 3 seeds, ~510 s of CPU (~8.5 min on a free core)
     python bench/detection_claims.py --set pretrain_steps=600 --budget-s 5400  # ~21 min of CPU
     python bench/detection_claims.py --quick          # smoke size (tests)
 
@@ -308,10 +308,10 @@ def summarise(per_seed: list[dict[str, dict]]) -> tuple[dict, list[dict]]:
         bases = base if isinstance(base, tuple) else (base,)
         a = float(np.mean([s[arm][m_arm] for s in per_seed]))
         b = max(float(np.mean([s[x][m_base] for s in per_seed])) for x in bases)
-        claims.append({"claim": name, "value": round(a, 2), "baseline": round(b, 2),
-                       "difference": round(a - b, 2), "ratio": round(a / b, 3) if a > 0 and b > 0 else None,
-                       "holds": bool(a > b), "seeds_holding": sum(int(s[arm][m_arm] > max(s[x][m_base] for x in bases))
-                                                                 for s in per_seed)})
+        ratio = None if isinstance(metric, tuple) or not b else round(a / b, 3)
+        seeds = sum(int(s[arm][m_arm] > max(s[x][m_base] for x in bases)) for s in per_seed)
+        claims.append({"claim": name, "value": round(a, 2), "baseline": round(b, 2), "difference": round(a - b, 2),
+                       "ratio": ratio, "holds": bool(a > b), "seeds_holding": seeds})
     return arms, claims
 
 

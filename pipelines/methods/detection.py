@@ -81,8 +81,11 @@ def charades() -> DetectionJob:
 
 def demo() -> DetectionJob:
     """The synthetic demo sets at 64 px: ``x3d_debug``, 8-frame windows at stride 2 (the demo's
-    multi-action videos are 6-10 s at 25 fps: stride 10 would leave 15-25 steps, spec D)."""
+    multi-action videos are 6-10 s at 25 fps: stride 10 would leave 15-25 steps, spec D). No flip and
+    CutMix in ``window`` mode: the synthetic classes are directions of motion, which a flip or the
+    ``view`` mode's pan would change."""
     return DetectionJob(run_name="detection-demo", model_name="detection-demo",
+                        volume=VolumeAugConfig(cutmix_mode="window"),
                         data=DataConfig(manifest="data/demo/ucf101", debug_size=True,
                                         recipe_overrides=("augment.flip_p=0",)),
                         finetune=DataConfig(manifest="data/demo/charades", format="charades", debug_size=True,

@@ -204,7 +204,7 @@ def run_phases(spec: MethodSpec, job, *, stage: str | None = None, tags: dict[st
     from pipelines.tracking import RunLogger
 
     phases = spec.schedule(job, stage)
-    fingerprint = manifest.fingerprint(manifest.read_manifest(job.data.manifest))
+    fingerprint = manifest.fingerprint(manifest.read_manifest(phase_data(job, phases[0]).manifest))
     parent = RunLogger(job.experiment)
     parent_id = parent.start(job.run_name, config=job, tags={"dataset_fingerprint": fingerprint,
                                                              "vidray_method": spec.name, **(tags or {})})
