@@ -25,7 +25,7 @@ The claims (spec §D, E3, E4), each a comparison of means over seeds with the ra
 Fine-Fine at lower GMACs; both > X3D (and > X3D trained as long); grid >= stride > avg, max in a
 Coarse-only network; CTHW > C fusion. Prints one JSON object. Usage::
 
-    python bench/coarse_fine_claims.py             # 3 seeds (~10 min on 2 cores)
+    python bench/coarse_fine_claims.py             # 3 seeds: ~720 CPU-s, ~6-10 min on 2 idle cores
     python bench/coarse_fine_claims.py --quick     # smoke size (tests)
     python bench/coarse_fine_claims.py --seeds 0,1 --set steps1=60
 """

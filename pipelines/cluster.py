@@ -452,3 +452,11 @@ def _wait_gone(proc: subprocess.Popen, spawned: set[tuple[int, int]], timeout: f
             return False
         time.sleep(0.2)
     return True
+
+def on_this_node():
+    """Scheduling on the calling process's node (hard affinity): the driver's bookkeeping actors (the
+    epoch clock, the quarantine ledger) must not land on a worker node whose loss would end the run."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)

@@ -165,7 +165,9 @@ def get_ledger(name: str = DEFAULT_LEDGER) -> "ray.actor.ActorHandle":
         ctx = ray.get_runtime_context()
         scoped = name if ctx.worker.mode == ray._private.worker.SCRIPT_MODE else f"{name}-{ctx.get_worker_id()[:16]}"
         actor_cls = ray.remote(num_cpus=0)(QuarantineLedger)
-        _LEDGERS[name] = actor_cls.options(name=scoped, get_if_exists=True).remote()
+        from pipelines.cluster import on_this_node  # the ledger lives with its creator, not on a worker node
+
+        _LEDGERS[name] = actor_cls.options(name=scoped, get_if_exists=True, scheduling_strategy=on_this_node()).remote()
     return _LEDGERS[name]
 
 

@@ -104,6 +104,8 @@ def epoch_clock(name: str, epoch: int = 0):
     """
     import ray
 
+    from pipelines.cluster import on_this_node
+
     @ray.remote(num_cpus=0)
     class EpochClock:
         def __init__(self, value: int) -> None:
@@ -115,7 +117,9 @@ def epoch_clock(name: str, epoch: int = 0):
         def get(self) -> int:
             return self.value
 
-    return EpochClock.options(name=name, get_if_exists=True, lifetime="detached").remote(epoch)
+    return EpochClock.options(name=name, get_if_exists=True, lifetime="detached",
+                              scheduling_strategy=on_this_node()).remote(epoch)
+
 
 
 def fit(task: TrainTask, *, datasets: dict, scaling: ScalingConfig, run_name: str, storage_path: str,

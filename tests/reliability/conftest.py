@@ -61,7 +61,7 @@ def one_node(bench):
         shutil.rmtree(work, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def three_nodes(bench):
     """The same services and a 0-CPU head with two 2-CPU worker nodes (``ray start --address``)."""
     work = _work("vrc")

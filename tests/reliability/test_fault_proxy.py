@@ -11,12 +11,12 @@ import botocore.config
 import botocore.exceptions
 import pytest
 
-from tests.reliability.conftest import load_bench
+from bench.s3_faults import FaultProxy
 
 
 @pytest.fixture
 def proxy(s3_env, s3_endpoint, monkeypatch):
-    fault_proxy = load_bench().FaultProxy(s3_endpoint, rate=0.0, seed=3, stall_s=0.2).start()
+    fault_proxy = FaultProxy(s3_endpoint, rate=0.0, seed=3, stall_s=0.2).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.url)  # every client of pipelines.io.storage
     yield fault_proxy, s3_env
     fault_proxy.stop()
