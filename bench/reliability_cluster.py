@@ -88,7 +88,8 @@ class WorkerNode:
 
     Attributes:
         index: 1-based; the node offers the custom resource ``vr_node_<index>: 1``.
-        temp_dir: its ``--temp-dir`` (logs in ``session_latest/logs``), kept after :meth:`stop`.
+        temp_dir: its ``--temp-dir`` (logs in ``session_latest/logs``), kept after :meth:`stop`;
+            a restarted node gets a new one (``temp_dirs`` lists them all).
         node_id: its Ray node id (hex), known once :meth:`start` returned.
     """
 
@@ -106,6 +107,7 @@ class WorkerNode:
         self.resources = {NODE_RESOURCE.format(index): 1, **(resources or {})}
         self.startup_timeout_s, self.stop_timeout_s = startup_timeout_s, stop_timeout_s
         self.temp_dir: str | None = None
+        self.temp_dirs: list[str] = []
         self.node_id: str | None = None
         self.ports: dict[str, int] = {}
         self._proc: subprocess.Popen | None = None
@@ -147,6 +149,7 @@ class WorkerNode:
         low, high = _free_port_range(self.worker_ports, set(ports.values()) | set(self.head.ports.values()))
         self.ports = {**ports, "min_worker": low, "max_worker": high}
         self.temp_dir = tempfile.mkdtemp(prefix="vw", dir="/tmp")  # short: Ray's socket paths < 108 bytes
+        self.temp_dirs.append(self.temp_dir)
         with open(self.log_path, "ab") as out:
             env = {**self.head.env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
             self._proc = subprocess.Popen(self._command(), env=env, start_new_session=True, stdin=subprocess.DEVNULL,
@@ -269,7 +272,7 @@ class LocalCluster:
             node.stop()
         self.head.stop()
         if not self.keep_logs:
-            for d in [n.temp_dir for n in self.workers] + [self.head.temp_dir]:
+            for d in [d for n in self.workers for d in n.temp_dirs] + [self.head.temp_dir]:
                 if d:
                     shutil.rmtree(d, ignore_errors=True)
 
