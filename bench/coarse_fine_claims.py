@@ -45,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import PhaseTimer, envelope, load1, log, machine_info  # noqa: E402
+from bench.common import PhaseTimer, envelope, load1, log, machine_info, run_seeds  # noqa: E402
 from pipelines.data import recipes, sampling  # noqa: E402
 from pipelines.data.normalize import normalize_video  # noqa: E402
 from pipelines.eval.detection import DetectionEval, VideoResult, detection_metrics, video_scores  # noqa: E402
@@ -270,14 +270,8 @@ def main(argv=None) -> int:
     started, load_start, timer = time.time(), load1(), PhaseTimer()
     data = timer("render", lambda: render(cfg))
     flops = timer("count GMACs", lambda: compute(cfg))
-    per_seed, skipped, seed_s = [], [], 0.0
-    for seed in cfg.seeds:
-        t0 = time.time()
-        if per_seed and time.time() - started + seed_s > args.budget_s:  # report what fits, not nothing
-            skipped.append(seed)
-            continue
-        per_seed.append(run_seed(data, cfg, seed, timer))
-        seed_s = time.time() - t0
+    per_seed, skipped = run_seeds(cfg.seeds, lambda seed: run_seed(data, cfg, seed, timer), started=started,
+                                  budget_s=args.budget_s)
     arms, claims = summarise(per_seed)
     report = {"config": dataclasses.asdict(cfg), "videos": {"train": len(data["train"]), "test": len(data["test"]),
                                                              "frames": [r["num_frames"] for r in data["rows"]]},

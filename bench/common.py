@@ -58,3 +58,24 @@ class PhaseTimer:
         self.phases.append({"phase": name, "seconds": round(time.perf_counter() - start, 1),
                             "load_before": before, "load_after": load1()})
         return out
+
+
+def run_seeds(seeds, run_seed, *, started: float, budget_s: float) -> tuple[list, list]:
+    """``run_seed(seed)`` for each seed while the next one is expected to fit ``budget_s`` (measured from
+    ``started``, a ``time.time()``; the first seed always runs: report what fits, not nothing).
+
+    Returns:
+        (results of the seeds run, seeds skipped for the budget).
+    """
+    import time
+
+    done, skipped, seed_s = [], [], 0.0
+    for seed in seeds:
+        t0 = time.time()
+        if done and time.time() - started + seed_s > budget_s:
+            skipped.append(seed)
+            continue
+        done.append(run_seed(seed))
+        seed_s = time.time() - t0
+    return done, skipped
+

@@ -64,7 +64,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import PhaseTimer, envelope, load1, log, machine_info  # noqa: E402
+from bench.common import PhaseTimer, envelope, load1, log, machine_info, run_seeds  # noqa: E402
 from pipelines.data import augment, recipes, sampling  # noqa: E402
 from pipelines.data.normalize import normalize_video  # noqa: E402
 from pipelines.data.volume_aug import VolumeAugConfig, volume_augment_batch  # noqa: E402
@@ -331,14 +331,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)  # see the module docstring
     started, cpu_start, load_start, timer = time.time(), time.process_time(), load1(), PhaseTimer()
     data = timer("render", lambda: render(cfg))
-    per_seed, skipped, seed_s = [], [], 0.0
-    for seed in cfg.seeds:
-        t0 = time.time()
-        if per_seed and time.time() - started + seed_s > args.budget_s:  # report what fits, not nothing
-            skipped.append(seed)
-            continue
-        per_seed.append(run_seed(data, cfg, seed, timer))
-        seed_s = time.time() - t0
+    per_seed, skipped = run_seeds(cfg.seeds, lambda seed: run_seed(data, cfg, seed, timer), started=started,
+                                  budget_s=args.budget_s)
     arms, claims = summarise(per_seed)
     report = {"config": dataclasses.asdict(cfg), "threads": torch.get_num_threads(),
               "videos": {"pretrain_clips": len(data["clips"]), "finetune": len(data["train"]),

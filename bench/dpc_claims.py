@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import PhaseTimer, envelope, load1, log, machine_info  # noqa: E402
+from bench.common import PhaseTimer, envelope, load1, log, machine_info, run_seeds  # noqa: E402
 from pipelines.data import recipes  # noqa: E402
 from pipelines.data.normalize import normalize_video  # noqa: E402
 from pipelines.eval.fusion import fused_probe, fused_retrieval  # noqa: E402
@@ -283,14 +283,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     started, load_start, timer = time.time(), load1(), PhaseTimer()
     data = timer("render + flow", lambda: render(cfg))
-    per_seed, skipped, seed_s = [], [], 0.0
-    for seed in cfg.seeds:
-        t0 = time.time()
-        if per_seed and time.time() - started + seed_s > args.budget_s:  # report what fits, not nothing
-            skipped.append(seed)
-            continue
-        per_seed.append(run_seed(data, cfg, seed, timer))
-        seed_s = time.time() - t0
+    per_seed, skipped = run_seeds(cfg.seeds, lambda seed: run_seed(data, cfg, seed, timer), started=started,
+                                  budget_s=args.budget_s)
     arms, claims = summarise(per_seed)
     report = {"config": dataclasses.asdict(cfg), "videos": {"train": int((~data["test"]).sum()),
                                                              "test": int(data["test"].sum())},
