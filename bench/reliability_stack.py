@@ -142,12 +142,9 @@ def train_sets(manifest_url: str, storage: Path, run_name: str, *, epochs: int, 
             f"loop.checkpoint_every_n_steps={checkpoint_every}"]
 
 
-def start_training(st: Stack, sets: list[str], events: Path, *, spread: bool = True,
-                   pin_data_actors: bool = False) -> subprocess.Popen:
+def start_training(st: Stack, sets: list[str], events: Path, *, spread: bool = True) -> subprocess.Popen:
     """The training driver (``bench/reliability_train.py``) as a background process; output in ``events``.log."""
     args = [sys.executable, "bench/reliability_train.py", "--events", str(events)]
-    if pin_data_actors:
-        args.append("--pin-data-actors")
     if spread:
         args += ["--spread", ",".join(NODE_RESOURCE.format(n.index) for n in st.cluster.workers)]
     for s in sets:

@@ -18,9 +18,9 @@ Train callbacks through :class:`~pipelines.train.runtime.FitOptions`; neither ch
   placed by Ray alone, on whatever capacity is left. (Ray Train's ``ScalingConfig`` has a
   ``placement_strategy``; :class:`pipelines.config.ScalingConfig` does not expose it.)
 
-With ``--pin-data-actors`` the driver creates the quarantine ledger and each phase's epoch clock
-on its own node before the project would create them wherever Ray puts a 0-CPU actor
-(:func:`pin_data_actors`): a worker node that holds either takes the run down when it dies.
+The quarantine ledger and each phase's epoch clock are the project's own, created on this
+driver's node (:func:`pipelines.cluster.on_this_node`), so losing a worker node does not take
+them with it.
 
 Exit status 0 when every phase finished; the last stdout line is a JSON summary.
 """
@@ -112,46 +112,6 @@ class GroupLog(WorkerGroupCallback):
         _append(self.path, {"event": "group_abort", "attempt": self.starts})
 
 
-class PinnedEpochClock:
-    """The interface of :func:`pipelines.train.runtime.epoch_clock`'s actor (``set``/``get``), pinned by the caller."""
-
-    def __init__(self, value: int) -> None:
-        self.value = value
-
-    def set(self, value: int) -> None:
-        self.value = value
-
-    def get(self) -> int:
-        return self.value
-
-
-def pin_data_actors(job, phases) -> dict[str, str]:
-    """Create the data plane's named actors on this driver's node before the project creates them
-    wherever Ray puts a 0-CPU actor: the quarantine ledger (``pipelines.data.ledger.get_ledger``
-    finds it by name) and each phase's epoch clock (``pipelines.train.runtime.epoch_clock``, same).
-
-    A workaround for what :func:`get_ledger` and :func:`epoch_clock` should do themselves: an
-    actor on a worker node dies with that node and takes every later decode task with it.
-    """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from pipelines.data.ledger import DEFAULT_LEDGER, QuarantineLedger
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    ledger = ray.remote(num_cpus=0)(QuarantineLedger).options(
-        name=DEFAULT_LEDGER, get_if_exists=True, scheduling_strategy=here).remote()
-    clocks = [ray.remote(num_cpus=0)(PinnedEpochClock).options(
-        name=f"vidray-epoch-{job.run_name}.{phase.name}", get_if_exists=True, lifetime="detached",
-        scheduling_strategy=here).remote(0) for phase in phases]
-    ray.get([ledger.counts.remote(), *[c.get.remote() for c in clocks]])
-    _PINNED.extend([ledger, *clocks])  # keep the (non-detached) ledger alive with this driver
-    return {"node": ray.get_runtime_context().get_node_id(), "ledger": DEFAULT_LEDGER, "clocks": len(clocks)}
-
-
-_PINNED: list = []
-
-
 def read_events(path: str | Path) -> list[dict[str, Any]]:
     """The events written so far (a line being written is skipped)."""
     out = []
@@ -171,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--events", required=True, help="JSON-lines flight record (appended)")
     p.add_argument("--spread", default="", help="comma-separated node resources: one worker per node at first")
-    p.add_argument("--pin-data-actors", action="store_true",
-                   help="create the quarantine ledger and epoch clocks on this driver's node (see pin_data_actors)")
     p.add_argument("--method", default="supervised")
     p.add_argument("--variant", default="debug")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -204,8 +162,6 @@ def main(argv: list[str] | None = None) -> int:
     events = os.path.abspath(args.events)
     spread = tuple(r for r in args.spread.split(",") if r)
     _append(events, {"event": "driver_start", "pid": os.getpid()})
-    if args.pin_data_actors:
-        _append(events, {"event": "pinned_data_actors", **pin_data_actors(job, phases)})
     started = time.time()
     done = run_phases(spec, job, options=FitOptions(callbacks=(EventLog(events), GroupLog(events, spread))))
     _append(events, {"event": "driver_done", "seconds": time.time() - started})

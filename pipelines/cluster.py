@@ -246,11 +246,14 @@ class LocalHead:
     ``ray start --head --block`` runs in its own session (process group) with its own short
     temp dir (``/tmp/vrXXXXXXXX``: Ray's socket paths must stay under 108 bytes) and
     explicit ports, never Ray's defaults: GCS, dashboard (bound to 127.0.0.1), dashboard agent
-    listen/grpc, runtime-env agent, metrics export, Ray client server, and a worker-port
-    range. Ports are free ones unless ``gcs_port`` / ``dashboard_port`` ask for specific
-    ones; a requested port already in use raises :class:`PortInUseError` before anything
-    starts. Token authentication is on (``RAY_AUTH_MODE=token``; ``ray get-auth-token
-    --generate`` makes ``~/.ray/auth_token`` if there is none).
+    listen/grpc, runtime-env agent, metrics export, Ray client server, a worker-port range,
+    and the Prometheus ports of the dashboard and the autoscaler, which Ray reads only from
+    its processes' environment (``DASHBOARD_METRIC_PORT``, ``AUTOSCALER_METRIC_PORT``;
+    defaults 44227 and 44217, on which a second head would collide with the first). Ports
+    are free ones unless ``gcs_port`` / ``dashboard_port`` ask for specific ones; a requested
+    port already in use raises :class:`PortInUseError` before anything starts. Token
+    authentication is on (``RAY_AUTH_MODE=token``; ``ray get-auth-token --generate`` makes
+    ``~/.ray/auth_token`` if there is none).
 
     :meth:`stop` signals only that process group (SIGTERM, then SIGKILL after
     ``stop_timeout_s``; Ray workers, which leave the group, die with their raylet) and
@@ -270,6 +273,8 @@ class LocalHead:
                   "dashboard_agent_grpc": "--dashboard-agent-grpc-port",
                   "runtime_env_agent": "--runtime-env-agent-port", "metrics_export": "--metrics-export-port",
                   "ray_client_server": "--ray-client-server-port"}
+    PORT_ENV: ClassVar[dict[str, str]] = {"dashboard_metric": "DASHBOARD_METRIC_PORT",
+                                          "autoscaler_metric": "AUTOSCALER_METRIC_PORT"}
 
     def __init__(self, *, gcs_port: int | None = None, dashboard_port: int | None = None,
                  num_cpus: int | None = None, env: Mapping[str, str] | None = None, worker_ports: int = 500,
@@ -340,7 +345,8 @@ class LocalHead:
                            check=False)
         with open(self.log_path, "ab") as out:  # the child keeps its own descriptor
             # No drain on SIGTERM: it would wait (up to 30 s) on a GCS that the group signal also stops.
-            env = {**self.env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+            env = {**self.env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+                   **{var: str(self.ports[name]) for name, var in self.PORT_ENV.items()}}
             self._proc = subprocess.Popen(self._command(), env=env, start_new_session=True,
                                           stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -360,7 +366,7 @@ class LocalHead:
                     f"cluster. vidray starts its own Ray cluster and never stops anyone else's: choose another "
                     f"{name} port ({PORT_OPTIONS[name]}), or none to use a free one.")
         ports = dict(self.requested)
-        for name in self.PORT_FLAGS:
+        for name in (*self.PORT_FLAGS, *self.PORT_ENV):
             while name not in ports:
                 port = _free_port()
                 if port not in ports.values():

@@ -89,6 +89,21 @@ class Delivery:
             self._on_success()
             return True
 
+    def flush_if_reachable(self) -> bool:
+        """Deliver everything buffered now unless the server is known to be down; whether it was.
+
+        What the training loop calls before it reports a checkpoint: every metric logged up to
+        the checkpoint is then in MLflow, not lost with the node if it dies within the next
+        ``flush_every_s``. During an outage it only wakes the flush thread, whose backoff decides
+        when to try again, so a checkpoint never waits on a dead server.
+        """
+        if not self.enabled:
+            return True
+        if self._failures:
+            self._wake.set()
+            return False
+        return self.flush()
+
     def _flush_loop(self) -> None:
         while not self._stop.is_set():
             retry_in = self._next_attempt - time.time()

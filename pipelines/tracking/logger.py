@@ -6,6 +6,8 @@ this package never imports Ray). It never lets a tracking-server outage kill tra
 - metrics, params and tags go to an in-memory buffer that a background thread flushes
   with ``MlflowClient.log_batch``; a failed flush is retried with exponential backoff
   (1 s doubling to 60 s) while training goes on;
+- the training loop calls :meth:`~pipelines.tracking.delivery.Delivery.flush_if_reachable`
+  before each checkpoint, so a dead node loses no metric logged before its last checkpoint;
 - the buffer is bounded (``max_buffered`` metrics in memory); beyond that, the oldest
   half spills to a local JSONL file, replayed first on the next successful flush;
 - one warning per outage, ``tracking server unreachable since <time>, N metrics

@@ -30,9 +30,25 @@ Report sinks (:data:`SINKS`): ``"train"`` calls ``ray.train.report`` (under Ray 
 ``ray.tune.report`` for a loop run directly inside a Tune function trainable (one worker,
 segmented training such as PBT).
 
-Resuming: a checkpoint restores model, optimiser, scheduler, queue, counters and RNG; the
-data of a partly done epoch is re-drawn from that epoch's start (sample identity is
-``(seed, epoch, video)``) and the epoch runs to its full length again.
+Resuming: a checkpoint restores model, optimiser, scheduler, queue, counters and RNG. A
+mid-epoch checkpoint also holds ``epoch_step``, the optimiser steps already taken in its
+epoch; the resumed epoch draws its data again from the start and :func:`run_epoch` *skips*
+the first ``epoch_step * accumulate_steps`` batches of the shard without training on them,
+so the epoch ends after its remaining steps: the run takes the planned number of optimiser
+steps and its LR schedule ends where an uninterrupted run's does. Skipping, rather than
+training on the first batches again and stopping early (which would repeat them and never
+reach the epoch's last samples), keeps the sample stream of an uninterrupted run: an
+epoch's samples are ``sample_rng(seed, epoch, video)`` in the build-time order, and Ray's
+streaming split hands the ordered blocks to the least-fed worker, so one worker, or workers
+sharing a node, see the same batches again and skip exactly those they trained on. Workers
+on several nodes skip the right number of batches but not always the same samples (Ray
+Train's shard locality prefers blocks made on a worker's node). The cost is decoding the
+skipped batches once more. A checkpoint without ``epoch_step`` (older runs) resumes its
+epoch from the start.
+
+Tracking: before a checkpoint is reported, rank 0's logger delivers what it buffered
+(:meth:`pipelines.tracking.RunLogger.flush_if_reachable`), so every metric logged up to
+a checkpoint is in MLflow before the checkpoint exists, not only after the next periodic flush.
 
 Shape legend: ``B`` batch, ``T`` frames, ``H`` height, ``W`` width, ``C`` channels.
 """
@@ -41,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import sys
 import tempfile
 import time
@@ -118,6 +135,7 @@ class WorkerState:
     world: int
     epoch: int = 0
     step: int = 0                     # optimiser steps
+    epoch_step: int = 0               # optimiser steps taken in the current epoch (resume point)
     micro: int = 0                    # batches since the last optimiser step
     stage_history: list = dataclasses.field(default_factory=list)  # per epoch, for the data-stage plot
 
@@ -200,13 +218,19 @@ def setup(task: TrainTask, device: torch.device, rank: int, world: int, checkpoi
         method.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        state.epoch, state.step = int(saved["epoch"]), int(saved["step"])
-        set_rng_state(saved["rng"])
+        restore_counters(state, saved)
     if world > 1:
         import ray.train.torch
 
         state.model = ray.train.torch.prepare_model(method)
     return state
+
+
+def restore_counters(state: WorkerState, saved: dict[str, Any]) -> None:
+    """Epoch, step, steps into the epoch and the RNG from a checkpoint written by :func:`report_checkpoint`."""
+    state.epoch, state.step = int(saved["epoch"]), int(saved["step"])
+    state.epoch_step = int(saved.get("epoch_step", 0))  # absent in older checkpoints: redo the epoch
+    set_rng_state(saved["rng"])
 
 
 def train_step(state: WorkerState, task: TrainTask, batch: dict[str, Any]) -> dict[str, float] | None:
@@ -237,16 +261,22 @@ def train_step(state: WorkerState, task: TrainTask, batch: dict[str, Any]) -> di
     state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
     state.scheduler.step()
-    state.step, state.micro = state.step + 1, 0
+    state.step, state.epoch_step, state.micro = state.step + 1, state.epoch_step + 1, 0
     return {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
             for k, v in out.items() if _is_scalar(v)}
 
 
 def run_epoch(state: WorkerState, task: TrainTask, shard, sink, logger) -> EpochStats:
-    """One pass over the worker's shard: steps, window metrics every ``log_every_n_steps``."""
+    """One pass over the worker's shard: steps, window metrics every ``log_every_n_steps``.
+
+    An epoch resumed from a mid-epoch checkpoint (``state.epoch_step > 0``) first skips the
+    batches its steps already consumed (module docstring, "Resuming").
+    """
     loop, stats = task.loop, EpochStats()
+    batches = iter(shard.iter_torch_batches(batch_size=loop.batch_size, drop_last=True))
+    skip_consumed(state, task, batches)
     t_mark = time.perf_counter()
-    for batch in shard.iter_torch_batches(batch_size=loop.batch_size, drop_last=True):
+    for batch in batches:
         t_data = time.perf_counter()
         scalars = train_step(state, task, stats.data.take(batch))  # timing columns never reach the model
         t_end = time.perf_counter()
@@ -267,7 +297,7 @@ def run_epoch(state: WorkerState, task: TrainTask, shard, sink, logger) -> Epoch
             logger.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=state.step)
         stats.window = Window()
         if loop.checkpoint_every_n_steps and state.step % loop.checkpoint_every_n_steps == 0:
-            report_checkpoint(state, sink, metrics)
+            report_checkpoint(state, sink, metrics, logger)
         else:
             sink.report(metrics)
         # Ray Train 2.60 drains each worker's report queue every ~2 s, so a report can
@@ -276,11 +306,25 @@ def run_epoch(state: WorkerState, task: TrainTask, shard, sink, logger) -> Epoch
     return stats
 
 
+def skip_consumed(state: WorkerState, task: TrainTask, batches) -> int:
+    """Draw and drop the batches of the ``state.epoch_step`` optimiser steps already taken this epoch.
+
+    Returns how many batches were dropped (fewer when the shard ends first).
+    """
+    wanted = state.epoch_step * max(1, task.loop.accumulate_steps)
+    skipped = sum(1 for _ in itertools.islice(batches, wanted))
+    if wanted and state.rank == 0:
+        sys.stdout.write(f"[{task.name}] epoch {state.epoch + 1}: resuming at its step {state.epoch_step} "
+                         f"(global step {state.step}); skipped the {skipped} batches already trained on\n")
+        sys.stdout.flush()
+    return skipped
+
+
 def end_epoch(state: WorkerState, task: TrainTask, stats: EpochStats, sink, logger) -> dict[str, float]:
     """Epoch means, validation, the progress line, epoch metrics and the epoch's checkpoint."""
-    state.epoch += 1
-    metrics = {f"epoch_{k}": v for k, v in stats.means().items()}
-    metrics.update(epoch=state.epoch, step=state.step, epoch_steps=stats.steps,
+    state.epoch, epoch_steps, state.epoch_step = state.epoch + 1, state.epoch_step, 0
+    metrics = {f"epoch_{k}": v for k, v in stats.means().items()}  # a resumed epoch: its steps after the resume
+    metrics.update(epoch=state.epoch, step=state.step, epoch_steps=epoch_steps,
                    lr=state.scheduler.get_last_lr()[0], **{f"epoch_{k}": v for k, v in
                                                            stats.total.summary(state.world).items()})
     metrics.update({f"epoch_{k}": v for k, v in telemetry.epoch_metrics(stats.data).items()})
@@ -295,7 +339,7 @@ def end_epoch(state: WorkerState, task: TrainTask, stats: EpochStats, sink, logg
     if logger:
         logger.log_metrics({f"epoch/{k}": v for k, v in metrics.items()}, step=state.epoch)
         log_stage_plot(state, stats, metrics, logger)
-    report_checkpoint(state, sink, metrics)
+    report_checkpoint(state, sink, metrics, logger)
     return metrics
 
 
@@ -323,14 +367,19 @@ def progress_line(task: TrainTask, m: dict[str, float], seconds: float) -> str:
     return "  ".join(parts)
 
 
-def report_checkpoint(state: WorkerState, sink, metrics: dict[str, Any]) -> None:
-    """Report ``metrics`` with a checkpoint written by rank 0 (the others report metrics only)."""
+def report_checkpoint(state: WorkerState, sink, metrics: dict[str, Any], logger=None) -> None:
+    """Report ``metrics`` with a checkpoint written by rank 0 (the others report metrics only).
+
+    Rank 0's ``logger`` first delivers its buffered metrics (module docstring, "Tracking").
+    """
     if state.rank != 0:
         sink.report(metrics)
         return
+    if logger is not None:
+        logger.flush_if_reachable()
     saved = {"model": state.method.state_dict(), "optimizer": state.optimizer.state_dict(),
              "scheduler": state.scheduler.state_dict(), "epoch": state.epoch, "step": state.step,
-             "rng": rng_state()}
+             "epoch_step": state.epoch_step, "rng": rng_state()}
     with tempfile.TemporaryDirectory(prefix="vidray-ckpt-") as directory:
         save_state(directory, saved)
         sink.report(metrics, directory)

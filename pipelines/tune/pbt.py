@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from pipelines.train.loop import RayTuneSink, WorkerState
+from pipelines.train.loop import RayTuneSink, WorkerState, restore_counters
 from pipelines.tune.trial import EPOCH_REPORT_KEY, TIME_ATTR, TrialContext, trial_job
 
 ORIGIN_FILE = "pbt.json"
@@ -90,8 +90,6 @@ def restore_keeping_hyperparameters(state: WorkerState, saved: dict[str, Any]) -
     and the schedule's base LRs, stay those ``state`` was built with; the current LR is the
     schedule's at the restored step.
     """
-    from pipelines.train.checkpoint import set_rng_state
-
     own = [{k: v for k, v in g.items() if k != "params"} for g in state.optimizer.param_groups]
     base_lrs = list(state.scheduler.base_lrs)
     state.method.load_state_dict(saved["model"])
@@ -104,8 +102,7 @@ def restore_keeping_hyperparameters(state: WorkerState, saved: dict[str, Any]) -
         group.update(settings)
         group["lr"] = base * factor(step)
     state.scheduler._last_lr = [g["lr"] for g in state.optimizer.param_groups]  # what get_last_lr() reads
-    state.epoch, state.step = int(saved["epoch"]), int(saved["step"])
-    set_rng_state(saved["rng"])
+    restore_counters(state, saved)
 
 
 def read_origin(checkpoint) -> dict[str, Any] | None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +39,45 @@ def _running(procs: set[tuple[int, int]]) -> set[tuple[int, int]]:
     return {(pid, t) for pid, t in procs if pid in table and table[pid][3] == t and table[pid][2] != "Z"}
 
 
+def _listening(pids: set[int]) -> set[int]:
+    """The TCP ports (IPv4 and IPv6, any address) on which one of ``pids`` listens, from /proc."""
+    ports_by_inode = {}
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                ports_by_inode[fields[9]] = int(fields[1].rsplit(":", 1)[1], 16)
+    found = set()
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:  # gone
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in ports_by_inode:
+                found.add(ports_by_inode[link[8:-1]])
+    return found
+
+
+RAY_DEFAULT_METRIC_PORTS = {44217, 44227}  # AUTOSCALER_METRIC_PORT, DASHBOARD_METRIC_PORT
+
+
+def _head_listening(head: LocalHead, timeout: float = 90.0) -> set[int]:
+    """The ports the head's processes listen on, once its two Prometheus ports are among them
+    (the autoscaler's monitor starts a little after the job server answers)."""
+    wanted = {head.ports["dashboard_metric"], head.ports["autoscaler_metric"]}
+    deadline = time.time() + timeout
+    while True:
+        ports = _listening({pid for pid, _ in _tree(head.pid)})
+        if wanted <= ports or time.time() > deadline:
+            return ports
+        time.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def bystander():
     """Someone else's cluster: a head that must survive everything these tests do."""
@@ -56,6 +97,11 @@ def test_stopping_a_head_leaves_other_clusters_running(bystander):
         assert mine.temp_dir != bystander.temp_dir
         ours = _tree(mine.pid)
         assert len(ours) > 3 and not {pid for pid, _ in ours} & {pid for pid, _ in theirs}
+        for head in (mine, bystander):  # Prometheus ports chosen free, not Ray's fixed defaults
+            chosen = {head.ports["dashboard_metric"], head.ports["autoscaler_metric"]}
+            listening = _head_listening(head)
+            assert chosen <= listening and not listening & RAY_DEFAULT_METRIC_PORTS, (chosen, listening)
+        assert not {mine.ports[k] for k in LocalHead.PORT_ENV} & {bystander.ports[k] for k in LocalHead.PORT_ENV}
     finally:
         mine.stop()
         shutil.rmtree(mine.temp_dir, ignore_errors=True)

@@ -7,6 +7,7 @@ import logging
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -250,6 +251,21 @@ def test_undelivered_metrics_are_kept_on_disk(tmp_path, caplog):
     assert len(logger.spill_path.read_text().splitlines()) == 20
     assert any("not delivered" in r.getMessage() and str(logger.spill_path) in r.getMessage()
                for r in caplog.records)
+
+
+def test_flush_before_a_checkpoint_does_not_wait_on_a_dead_server(tmp_path):
+    """``flush_if_reachable`` (the loop's flush before a checkpoint; delivery: tests/pipelines/train/test_loop.py)."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    logger = RunLogger("nowhere", uri=f"http://127.0.0.1:{closed}", spill_dir=tmp_path, backoff_s=(60.0, 60.0))
+    assert logger.start("run-x") is None  # the first flush failed: an outage
+    logger.log_metrics({"loss": 1.0}, step=1)
+    started = time.perf_counter()
+    assert not logger.flush_if_reachable()
+    assert time.perf_counter() - started < 0.5 and logger.buffered == 1  # no attempt: the backoff decides
+    assert RunLogger("never", rank=1, spill_dir=tmp_path).flush_if_reachable()  # other ranks: nothing to do
+    assert not logger.end()
 
 
 def test_embedded_default_store(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """The loop's steps and hooks without a cluster: gradient accumulation, parameter groups,
-the validation hook, the report sink, progress lines and checkpoint resume."""
+the validation hook, the report sink, progress lines, checkpoint resume (also from the
+middle of an epoch) and metrics delivered to MLflow before each checkpoint."""
 
 import dataclasses
 
@@ -119,3 +120,85 @@ def test_progress_line_is_one_readable_line():
     line = progress_line(_task(), {"epoch": 1, "step": 4, "epoch_loss": 0.25, "epoch_steps": 4,
                                    "epoch_clips_per_s": 12.5, "epoch_data_wait_frac": 0.3}, 3.2)
     assert line == "[toy] epoch 1/2  step 4  loss 0.25  clips/s 12.5  data-wait 30%  3s"
+
+
+class Crash(RuntimeError):
+    """The worker dies (raised by :class:`CrashingSink`)."""
+
+
+class CrashingSink(ListSink):
+    """A :class:`ListSink` whose worker dies when it reports ``crash_at_step``."""
+
+    def __init__(self, crash_at_step: int) -> None:
+        super().__init__()
+        self.crash_at_step = crash_at_step
+
+    def report(self, metrics, checkpoint_dir=None):
+        if metrics.get("step") == self.crash_at_step and not checkpoint_dir:
+            raise Crash(f"killed at step {self.crash_at_step}")
+        super().report(metrics, checkpoint_dir)
+
+
+def _train(state, task, shard, sink, logger=None):
+    """What ``train_loop_per_worker`` does on one worker: the remaining epochs."""
+    while state.epoch < task.loop.epochs:
+        end_epoch(state, task, run_epoch(state, task, shard, sink, logger), sink, logger)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_resume_from_a_mid_epoch_checkpoint_ends_like_an_uninterrupted_run(accumulate, monkeypatch, capsys):
+    # 4 optimiser steps per epoch, 2 epochs, a checkpoint every 3 steps: the last one before the
+    # crash at step 7 is mid-epoch 2 (step 6, 2 steps into the epoch).
+    loop = LoopConfig(epochs=2, batch_size=2, accumulate_steps=accumulate, log_every_n_steps=1,
+                      checkpoint_every_n_steps=3)
+    task = dataclasses.replace(_task(loop=loop), optim=OptimConfig(lr=0.1, schedule="cosine"))
+    shard = Shard(4 * 2 * accumulate)
+    whole = setup(task, torch.device("cpu"), 0, 1)
+    _train(whole, task, shard, ListSink())
+    assert whole.step == 8
+
+    crashing = CrashingSink(crash_at_step=7)
+    with pytest.raises(Crash):
+        _train(setup(task, torch.device("cpu"), 0, 1), task, shard, crashing)
+    saved = crashing.states[-1]
+    assert (saved["epoch"], saved["step"]) == (1, 6)
+
+    import pipelines.train.loop as loop_mod
+
+    monkeypatch.setattr(loop_mod, "load_checkpoint_state", lambda checkpoint: checkpoint)
+    resumed, sink = setup(task, torch.device("cpu"), 0, 1, checkpoint=saved), ListSink()
+    _train(resumed, task, shard, sink)
+    assert [m["step"] for m, ckpt in sink.reports if "epoch_steps" not in m] == [7, 8]  # not 7..10
+    assert sink.reports[-1][0]["epoch_steps"] == 4
+    assert saved["epoch_step"] == 2 and sink.states[-1]["epoch_step"] == 0  # in the epoch; none after its end
+    assert (resumed.epoch, resumed.step) == (whole.epoch, whole.step) == (2, 8)
+    assert resumed.scheduler.get_last_lr() == pytest.approx(whole.scheduler.get_last_lr())  # cosine's end: 0
+    assert resumed.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+    for a, b in zip(resumed.method.parameters(), whole.method.parameters()):
+        torch.testing.assert_close(a, b)  # the same batches: the skipped ones were those trained on
+    assert f"resuming at its step 2 (global step 6); skipped the {2 * accumulate} batches" in capsys.readouterr().out
+
+
+def test_every_metric_is_in_mlflow_before_its_checkpoint(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from pipelines.tracking import RunLogger, tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("VIDRAY_HOME", str(tmp_path))  # the embedded sqlite store, in tmp_path
+    logger = RunLogger("checkpoint-flush", flush_every_s=3600.0)  # the periodic flush never comes
+    run_id = logger.start("run")
+    client, seen = MlflowClient(tracking_uri()), []
+
+    class Sink(ListSink):
+        def report(self, metrics, checkpoint_dir=None):
+            if checkpoint_dir:  # what MLflow holds when the checkpoint is reported
+                seen.append((metrics["step"], sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))))
+            super().report(metrics, checkpoint_dir)
+
+    task = _task(loop=LoopConfig(epochs=2, batch_size=2, log_every_n_steps=1, checkpoint_every_n_steps=3))
+    _train(setup(task, torch.device("cpu"), 0, 1), task, Shard(8), Sink(), logger)
+    assert [step for step, _ in seen] == [3, 4, 6, 8]
+    for step, delivered in seen:
+        assert delivered == list(range(1, step + 1)), (step, delivered)
+    assert logger.end()

@@ -52,6 +52,9 @@ class Logger:
     def log_artifact(self, path, artifact_path=None, name=None):
         self.artifacts.append((open(path, "rb").read(8), artifact_path, str(path).rsplit("/", 1)[-1]))
 
+    def flush_if_reachable(self):
+        return True
+
 
 def test_telemetry_becomes_epoch_metrics_and_a_plot(capsys):
     task = TrainTask(build_method=Strict, video_columns={"rgb": "rgb"}, optim=OptimConfig(lr=0.1),

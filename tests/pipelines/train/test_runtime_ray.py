@@ -1,5 +1,6 @@
-"""The Ray Train runtime on 2 gloo workers: a worker killed mid-run resumes from its checkpoint,
-and a re-submitted run with the same name continues where it stopped."""
+"""The Ray Train runtime on 2 gloo workers: a worker killed mid-epoch resumes from a mid-epoch
+checkpoint with the planned number of steps, and a re-submitted run with the same name continues
+where it stopped."""
 
 import dataclasses
 import os
@@ -65,19 +66,21 @@ def test_worker_crash_resumes_from_checkpoint_and_resubmission_continues(ray_clu
     import functools
 
     log_path = str(tmp_path / "steps.log")
-    # 16 rows / (2 workers x batch 2) = 4 steps per epoch; epoch-1 checkpoint at step 4; crash at step 6
+    # 16 rows / (2 workers x batch 2) = 4 steps per epoch; checkpoints at every epoch end and every 5 steps;
+    # crash at step 7: the latest checkpoint is step 5's, one step into epoch 2
     kwargs = dict(scaling=ScalingConfig(num_workers=2, use_gpu=False, cpus_per_worker=0.5), run_name="toy",
                   storage_path=str(tmp_path / "runs"))
-    task = TrainTask(build_method=functools.partial(_build, log_path, 6), video_columns={"rgb_0": "rgb"},
+    task = TrainTask(build_method=functools.partial(_build, log_path, 7), video_columns={"rgb_0": "rgb"},
                      optim=OptimConfig(lr=0.01), steps_per_epoch=4,
-                     loop=LoopConfig(epochs=3, batch_size=2, log_every_n_steps=1, max_failures=1))
+                     loop=LoopConfig(epochs=3, batch_size=2, log_every_n_steps=1, checkpoint_every_n_steps=5,
+                                     max_failures=1))
     result = fit(task, datasets={"train": _dataset(ray_cluster)}, **kwargs)
     assert result.error is None
     steps = _steps(log_path)
     assert os.path.exists(log_path + ".crashed")
-    restart = steps.index(5, steps.index(6))  # after the crash at step 6, training restarted ...
-    assert steps[:6] == [1, 2, 3, 4, 5, 6] and steps[restart:] == list(range(5, 13))  # ... from step 4's checkpoint
-    state = load_checkpoint_state(result.checkpoint)
+    restart = steps.index(6, steps.index(7))  # after the crash at step 7, training restarted ...
+    assert steps[:7] == list(range(1, 8)) and steps[restart:] == list(range(6, 13))  # ... from step 5's checkpoint
+    state = load_checkpoint_state(result.checkpoint)  # epoch 2 skipped its first batch: 12 steps, not 13
     assert (state["epoch"], state["step"], int(state["model"]["steps"])) == (3, 12, 12)
 
     Path(log_path).unlink()
