@@ -30,6 +30,7 @@ from pipelines.prep.ingest import IngestConfig, run_ingest  # noqa: E402
 from pipelines.prep.synthetic import generate, preset  # noqa: E402
 from pipelines.tracking import git_commit, home  # noqa: E402
 
+REFERENCE = ROOT / "jobs" / "demo_reference.json"  # bench/coclr_scale.py --write-reference
 MINED_NOTE = ("'mined same-class': % of the positives CoCLR mined in the other modality that have the query's "
               "class (last epoch; labels are never used to mine).")
 
@@ -49,6 +50,25 @@ def submit(head: LocalHead, data: Path, variant: str) -> None:
     out = ray_job_submit(head.dashboard_url, str(ROOT), entrypoint, runtime_env=runtime_env, env=head.env)
     if out.returncode != 0:
         raise SystemExit(f"the CoCLR job failed (exit {out.returncode})")
+
+
+def reference(variant: str, manifest_url: str) -> tuple[dict | None, str]:
+    """The rows measured over several seeds by bench/coclr_scale.py for this variant, and a note
+    that says how they were measured and whether this run's dataset is the same one."""
+    import json
+
+    from pipelines.io import manifest
+
+    if not REFERENCE.exists() or json.loads(REFERENCE.read_text())["variant"] != variant:
+        return None, ""
+    ref = json.loads(REFERENCE.read_text())
+    ours = manifest.fingerprint(manifest.read_manifest(manifest_url))
+    same = "the same dataset" if ours == ref["dataset_fingerprint"] else (
+        f"another rendering of the dataset (fingerprint {ref['dataset_fingerprint'][:16]}, this run "
+        f"{ours[:16]}: other library builds; compare with the spread, not the digits)")
+    return ref["rows"], (f"'ref': mean ± std over seeds {ref['seeds']} of `{ref['command']}` ({ref['date']}; "
+                         f"the same recipe and steps, data from memory), on {same}. One seed's figure "
+                         f"within about 2 std of its ref is as expected.")
 
 
 def main(argv=None) -> int:
@@ -89,10 +109,13 @@ def main(argv=None) -> int:
             ("random init", f"random:{job.method.backbone}"),
             ("InfoNCE", f"models:/{job.model_name}-{m}@infonce_{m}"),
             ("CoCLR", f"models:/{job.model_name}-{m}@coclr_{m}_c1"))}
+        stride = spec.recipe(job, spec.phases(job)[0]).stride  # evaluation windows span what training saw
         cfg = EvalConfig(manifest=str(data / "demo" / "ucf101"), debug_size=job.data.debug_size, num_clips=2,
-                         spatial_crops=1, linear_epochs=300)
+                         spatial_crops=1, stride=stride, linear_epochs=300)
         rows = compare_encoders(models, cfg, extra=spec.table_metrics)
-        print("\n" + format_comparison(rows, num_classes=made["classes"], notes=[MINED_NOTE]))
+        ref, ref_note = reference(args.variant, cfg.manifest)
+        print("\n" + format_comparison(rows, num_classes=made["classes"], notes=[MINED_NOTE, ref_note],
+                                       reference=ref))
         subprocess.run([sys.executable, str(ROOT / "jobs" / "registry.py"), "list"], check=False)
         print(f"\ndemo finished in {time.time() - start:.0f}s", flush=True)
     finally:

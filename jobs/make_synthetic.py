@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fps", type=float)
     p.add_argument("--multi-videos", type=int, help="number of multi-action (Charades-style) videos")
     p.add_argument("--clutter", type=float, help="density of static background shapes (1.0; 0 = none)")
+    p.add_argument("--context", type=float, help="probability that a scene / an object is its class's typical one "
+                                                 "(0: appearance carries no label)")
+    p.add_argument("--shake", type=float, help="largest camera-shake amplitude in px (0.8)")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="re-render videos that already exist")
     p.add_argument("--no-progress", action="store_true")
@@ -50,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("seed", "num_classes", "groups", "clips_per_group",
-                                               "frames", "fps", "multi_videos", "clutter")
+                                               "frames", "fps", "multi_videos", "clutter", "context", "shake")
                  if getattr(args, k) is not None}
     if args.size is not None:
         overrides["height"], overrides["width"] = args.size

@@ -76,7 +76,7 @@ class FeatureExtractor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipelines.data.normalize import normalize_video
 
-        views = torch.from_numpy(np.ascontiguousarray(batch["views"])).to(self.device)  # (B, V, T, H, W, 3) uint8
+        views = torch.from_numpy(np.require(batch["views"], requirements=("C", "W"))).to(self.device)  # (B, V, T, H, W, 3) uint8
         x = normalize_video(views, self.modality)  # (B, V, 3, T, H, W)
         if self.modality == "flow":  # flow encoders read (x, y), not the stored zero channel
             x = x[:, :, :2]
@@ -247,6 +247,7 @@ class EvalConfig:
     debug_size: bool = False          # 8-frame, 64 px views
     num_clips: int | None = None      # temporal windows per video (recipe default: 10)
     spatial_crops: int | None = None  # crops per window (recipe default: 3)
+    stride: int | None = None         # frame stride of each window (recipe default: 1); match the training clips'
     batch_size: int = 4
     linear_epochs: int = 300
     finetune_epochs: int = 10
@@ -288,7 +289,7 @@ def eval_dataset(cfg: EvalConfig, split: str):
     from pipelines.data.dataset import build_pipeline
 
     overrides = [f"{k}={v}" for k, v in (("num_clips", cfg.num_clips), ("spatial_crops", cfg.spatial_crops),
-                                         ("modality", cfg.modality)) if v is not None]
+                                         ("stride", cfg.stride), ("modality", cfg.modality)) if v is not None]
     recipe = recipes.recipe("eval", debug_size=cfg.debug_size, overrides=overrides)
     return build_pipeline(cfg.manifest, recipe, split, seed=cfg.seed)
 

@@ -40,15 +40,25 @@ def compare_encoders(models: dict[tuple[str, str], str], cfg: EvalConfig,
     return rows
 
 
-def format_comparison(rows: Sequence[dict[str, Any]], *, num_classes: int, notes: Sequence[str] = ()) -> str:
-    """The table :func:`compare_encoders` results are printed as (``notes`` explain extra columns)."""
+def format_comparison(rows: Sequence[dict[str, Any]], *, num_classes: int, notes: Sequence[str] = (),
+                      reference: dict[str, dict[str, str]] | None = None) -> str:
+    """The table :func:`compare_encoders` results are printed as (``notes`` explain extra columns).
+
+    ``reference``: ``"<label> (<modality>)" -> {"R@1": "m ± s", "linear": "m ± s"}``, the same
+    rows measured over several seeds elsewhere (a benchmark), shown next to this run's figures
+    so that a reader can tell a seed's spread from a difference.
+    """
     titles = list(rows[0]["extra"]) if rows else []
+    ref = " {:>13} {:>13}".format("ref R@1", "ref linear") if reference else ""
     head = f"{'encoder':<20} {'R@1':>7} {'R@5':>7} {'linear top-1':>13}" + "".join(f" {t:>17}" for t in titles)
-    lines = [head + "   model"]
+    lines = [head + ref + "   model"]
     for r in rows:
+        name = f"{r['label']} ({r['modality']})"
         cells = "".join(f" {'' if r['extra'][t] is None else format(r['extra'][t], '.1f'):>17}" for t in titles)
-        lines.append(f"{r['label'] + ' (' + r['modality'] + ')':<20} {r['R@1']:7.2f} {r['R@5']:7.2f} "
-                     f"{r['linear_top1']:13.2f}{cells}   {r['model']}")
+        if reference:
+            known = reference.get(name, {})
+            cells += f" {known.get('R@1', ''):>13} {known.get('linear', ''):>13}"
+        lines.append(f"{name:<20} {r['R@1']:7.2f} {r['R@5']:7.2f} {r['linear_top1']:13.2f}{cells}   {r['model']}")
     lines.append(f"chance: R@1 and linear {100 / num_classes:.2f}." + "".join(f" {n}" for n in notes))
     return "\n".join(lines)
 

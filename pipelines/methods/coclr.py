@@ -87,12 +87,20 @@ def demo() -> CoCLRJob:
     * no horizontal flip: the synthetic classes are defined by motion direction, and a
       flip turns MoveLeft into MoveRight and RotateCW into RotateCCW (as on
       Something-Something, whose recipes also drop the flip).
+    * 8 frames at stride 4: the seed's clip is 32 consecutive frames at 25 fps (1.28 s, L971);
+      8 frames at stride 1 would see a quarter of that motion (a 2-4 px shift at 64 px),
+      8 at stride 4 cover the same 1.28 s. Evaluation windows use the same stride.
+    * no photometric ops on flow (``flow_photometric=False``; the authors' code applies the
+      RGB view's jitter, greyscale and blur to the stored flow image too): greyscale and hue
+      mix the x and y channels and brightness shifts the zero point, which erases the flow's
+      direction, the very thing that defines a synthetic class. Measured (300 steps of
+      InfoNCE-flow, one seed): linear probe 21.3 % with them, 35.2 % without.
     """
     return CoCLRJob(run_name="coclr-demo", model_name="coclr-demo",
                     data=DataConfig(manifest="data/demo/ucf101", debug_size=True,
-                                    recipe_overrides=("augment.flip_p=0",)),
+                                    recipe_overrides=("augment.flip_p=0", "stride=4", "flow_photometric=False")),
                     method=CoCLRConfig.debug(queue_size=128, topk=5, momentum=0.9),
-                    schedule=ScheduleConfig(init_epochs=3, cycles=1, epochs_per_network=2, step_lr=False),
+                    schedule=ScheduleConfig(init_epochs=10, cycles=1, epochs_per_network=10, step_lr=False),
                     optim=OptimConfig(lr=1e-3, schedule="constant"),
                     loop=LoopConfig(epochs=6, batch_size=16, log_every_n_steps=10),
                     scaling=ScalingConfig(num_workers=1, cpus_per_worker=0.5),

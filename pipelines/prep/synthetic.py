@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from pipelines.io.encode import write_video
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 CHARADES_HEADER = ("id", "subject", "scene", "quality", "relevance", "verified", "script",
                    "objects", "descriptions", "actions", "length")
 
@@ -103,6 +103,15 @@ class SyntheticConfig:
         clutter: density of the static background shapes (same family as the moving ones),
             1.0 = about one per 1,500 px²; 0 leaves a smooth textured background. The main
             knob of how hard motion is to find in RGB (flow is unaffected: clutter is static).
+        context: how much appearance goes with the class, as scenes and objects go with the
+            action in UCF101 (pools with swimming, bows with archery). Each class has a typical
+            scene palette and a typical object (shape and colours, :func:`class_style`); a
+            (class, group) scene uses the class palette, and each object of a clip is the class
+            object, each with probability ``context``. The label is still the motion: every
+            clip of a class performs its motion, whatever it looks like. 0 (default): scenes
+            are keyed by group alone, shared by every class, and appearance carries no label.
+        shake: largest amplitude (px) of the camera's sinusoidal shake, drawn per clip. It moves
+            the whole frame, so in flow every clip carries its own global signature.
         crf: x264 quality.
     """
     preset: str = "custom"
@@ -120,6 +129,8 @@ class SyntheticConfig:
     max_objects: int = 2
     noise_std: float = 4.0
     clutter: float = 1.0
+    context: float = 0.0
+    shake: float = 0.8
     crf: int = 20
 
     def __post_init__(self) -> None:
@@ -129,6 +140,8 @@ class SyntheticConfig:
             raise ValueError(f"sizes must be even and >= 32, got {self.width}x{self.height}")
         if self.clutter < 0:
             raise ValueError(f"clutter must be >= 0, got {self.clutter}")
+        if not 0 <= self.context <= 1:
+            raise ValueError(f"context must be in [0, 1], got {self.context}")
         if self.frames < 8 or self.groups < 1 or self.clips_per_group < 1 or self.max_objects < 1:
             raise ValueError("frames >= 8, groups >= 1, clips_per_group >= 1, max_objects >= 1")
         if not 2.5 <= self.multi_seconds[0] <= self.multi_seconds[1]:
@@ -150,8 +163,10 @@ PRESETS: dict[str, dict] = {
     # tiny is 128 wide, not 64: see the note on reproducibility in the module docstring.
     "tiny": dict(num_classes=4, groups=2, clips_per_group=2, frames=24, height=128, width=128,
                  multi_videos=3, multi_seconds=(3.0, 4.0)),
+    # context 0.5: half the scenes and objects are their class's typical ones, as in UCF101 where
+    # the scene goes with the action (bench/RESULTS.md, "CoCLR at demo scale", for why).
     "demo": dict(num_classes=12, groups=10, clips_per_group=3, frames=64, height=128, width=128,
-                 multi_videos=30, multi_seconds=(6.0, 10.0)),
+                 multi_videos=30, multi_seconds=(6.0, 10.0), context=0.5),
 }
 
 
@@ -215,10 +230,12 @@ def _margin(cfg: SyntheticConfig) -> int:
     return max(4, min(cfg.height, cfg.width) // 8)
 
 
-def make_background(rng: np.random.Generator, cfg: SyntheticConfig) -> np.ndarray:
+def make_background(rng: np.random.Generator, cfg: SyntheticConfig,
+                    palette_K3: np.ndarray | None = None) -> np.ndarray:
     """A cluttered textured scene larger than the frame by :func:`_margin` on each side.
 
-    Layers: a smooth field of palette colours, optional stripes, clutter shapes from the
+    Layers: a smooth field of palette colours (``palette_K3``, e.g. a class's typical
+    scene; drawn from ``rng`` when None), optional stripes, clutter shapes from the
     same family as the foreground objects, and fine grain.
 
     Returns:
@@ -226,7 +243,8 @@ def make_background(rng: np.random.Generator, cfg: SyntheticConfig) -> np.ndarra
     """
     m = _margin(cfg)
     ch, cw = cfg.height + 2 * m, cfg.width + 2 * m
-    palette_K3 = _random_colours(rng, int(rng.integers(3, 7)))
+    if palette_K3 is None:
+        palette_K3 = _random_colours(rng, int(rng.integers(3, 7)))
     g = int(rng.integers(2, 6))
     grid_gg3 = palette_K3[rng.integers(0, len(palette_K3), (g, g))]
     canvas_HW3 = cv2.resize(grid_gg3, (cw, ch), interpolation=cv2.INTER_CUBIC)
@@ -248,8 +266,9 @@ def make_background(rng: np.random.Generator, cfg: SyntheticConfig) -> np.ndarra
     return np.clip(canvas_HW3, 0, 255)
 
 
-def _make_sprite(rng: np.random.Generator, radius: float) -> np.ndarray:
-    """A striped shape with an off-centre marker, so rotation of any shape is visible.
+def _make_sprite(rng: np.random.Generator, radius: float, style: "Style | None" = None) -> np.ndarray:
+    """A striped shape with an off-centre marker, so rotation of any shape is visible; its shape
+    and three colours are ``style``'s when given (a class's typical object), else drawn.
 
     Returns:
         sprite_PP4: float32 premultiplied RGBA, alpha in [0, 1], shape centred.
@@ -259,8 +278,9 @@ def _make_sprite(rng: np.random.Generator, radius: float) -> np.ndarray:
     big = p * ss
     c = (big - 1) / 2
     mask_PP = np.zeros((big, big), np.uint8)
-    _draw_shape(mask_PP, _SHAPES[rng.integers(len(_SHAPES))], (c, c), radius * ss, rng.uniform(0, 360), (255,))
-    colours_33 = _random_colours(rng, 3)
+    shape = _SHAPES[rng.integers(len(_SHAPES))] if style is None else style.shape
+    _draw_shape(mask_PP, shape, (c, c), radius * ss, rng.uniform(0, 360), (255,))
+    colours_33 = _random_colours(rng, 3) if style is None else style.colours_33
     theta, period = rng.uniform(0, np.pi), rng.uniform(0.5, 1.0) * radius * ss
     yy, xx = np.mgrid[0:big, 0:big].astype(np.float32) - c
     stripe_PP = np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period) > 0
@@ -406,7 +426,7 @@ def _render(rng: np.random.Generator, canvas_HW3: np.ndarray, sprites: list[np.n
     h, w, m = cfg.height, cfg.width, _margin(cfg)
     base_2 = rng.uniform(1, 2 * m - 1, 2)
     t_T1 = np.arange(n)[:, None] / cfg.fps
-    shake_T2 = rng.uniform(0, 0.8, 2) * np.sin(2 * np.pi * rng.uniform(0.3, 1.5, 2) * t_T1
+    shake_T2 = cfg.shake * rng.uniform(0, 1, 2) * np.sin(2 * np.pi * rng.uniform(0.3, 1.5, 2) * t_T1
                                                + rng.uniform(0, 2 * np.pi, 2))
     sigma = rng.uniform(0.5, 1.0) * cfg.noise_std
     shift_23 = np.eye(2, 3, dtype=np.float64)
@@ -422,15 +442,32 @@ def _render(rng: np.random.Generator, canvas_HW3: np.ndarray, sprites: list[np.n
     return frames_THW3
 
 
-def _sample_sprites(rng: np.random.Generator, cfg: SyntheticConfig) -> list[np.ndarray]:
-    """Foreground appearance: drawn before, and independently of, any motion."""
+@dataclass(frozen=True)
+class Style:
+    """A class's typical appearance (``SyntheticConfig.context``): its scene palette and its object."""
+    palette_K3: np.ndarray
+    shape: str
+    colours_33: np.ndarray
+
+
+def class_style(cfg: SyntheticConfig, cls_idx: int) -> Style:
+    """The typical scene palette and object of class ``cls_idx``; a function of (seed, class) only."""
+    rng = np.random.default_rng([cfg.seed, 6, cls_idx])
+    return Style(_random_colours(rng, int(rng.integers(3, 7))), _SHAPES[cls_idx % len(_SHAPES)],
+                 _random_colours(rng, 3))
+
+
+def _sample_sprites(rng: np.random.Generator, cfg: SyntheticConfig, style: Style | None = None) -> list[np.ndarray]:
+    """Foreground appearance: drawn before, and independently of, any motion; each object is
+    ``style``'s with probability ``cfg.context`` when a class style is given."""
     short = min(cfg.height, cfg.width)
     n_obj = int(rng.integers(1, cfg.max_objects + 1))
-    return [_make_sprite(rng, rng.uniform(0.08, 0.15) * short) for _ in range(n_obj)]
+    typical = [style is not None and rng.random() < cfg.context for _ in range(n_obj)]
+    return [_make_sprite(rng, rng.uniform(0.08, 0.15) * short, style if t else None) for t in typical]
 
 
 def render_clip(cls_idx: int, rng: np.random.Generator, cfg: SyntheticConfig, *,
-                canvas_HW3: np.ndarray | None = None) -> np.ndarray:
+                canvas_HW3: np.ndarray | None = None, style: Style | None = None) -> np.ndarray:
     """Render a single-action clip of class ``CLASSES[cls_idx]``: all objects do that motion.
 
     Args:
@@ -439,13 +476,15 @@ def render_clip(cls_idx: int, rng: np.random.Generator, cfg: SyntheticConfig, *,
         cfg: sizes, frame count, fps, noise.
         canvas_HW3: background scene from :func:`make_background` (a UCF "group");
             drawn from ``rng`` when None.
+        style: the class's typical appearance (:func:`class_style`), given to each object
+            with probability ``cfg.context``; None: every object is drawn.
 
     Returns:
         frames_THW3: uint8 RGB, ``(cfg.frames, cfg.height, cfg.width, 3)``.
     """
     if canvas_HW3 is None:
         canvas_HW3 = make_background(rng, cfg)
-    sprites = _sample_sprites(rng, cfg)
+    sprites = _sample_sprites(rng, cfg, style)
     n, short = cfg.frames, min(cfg.height, cfg.width)
     tracks = []
     for _ in sprites:
@@ -549,6 +588,16 @@ def _group_rng(cfg: SyntheticConfig, group: int) -> np.random.Generator:
     return np.random.default_rng([cfg.seed, 1, group])
 
 
+def ucf_scene(cfg: SyntheticConfig, cls_idx: int, group: int) -> np.ndarray:
+    """The background of (class, group): the group's scene when ``context`` is 0; else a scene of
+    that class and group whose palette is the class's with probability ``context``."""
+    if not cfg.context:
+        return make_background(_group_rng(cfg, group), cfg)
+    rng = np.random.default_rng([cfg.seed, 7, cls_idx, group])
+    typical = rng.random() < cfg.context
+    return make_background(rng, cfg, class_style(cfg, cls_idx).palette_K3 if typical else None)
+
+
 def _multi_rng(cfg: SyntheticConfig, index: int) -> np.random.Generator:
     return np.random.default_rng([cfg.seed, 2, index])
 
@@ -581,8 +630,9 @@ def _run_job(job: _Job, cfg: SyntheticConfig, skip_existing: bool) -> bool:
         return False
     if job.kind == "ucf":
         cls_idx, group, clip = job.key
-        canvas_HW3 = make_background(_group_rng(cfg, group), cfg)
-        frames_THW3 = render_clip(cls_idx, _clip_rng(cfg, cls_idx, group, clip), cfg, canvas_HW3=canvas_HW3)
+        style = class_style(cfg, cls_idx) if cfg.context else None
+        frames_THW3 = render_clip(cls_idx, _clip_rng(cfg, cls_idx, group, clip), cfg,
+                                  canvas_HW3=ucf_scene(cfg, cls_idx, group), style=style)
     else:
         frames_THW3, _ = render_multi_action(_multi_rng(cfg, job.key[0]), cfg)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -58,6 +58,10 @@ def test_match_modality():
                               notes=["'mined same-class': ..."])
     assert "CoCLR (flow)" in table and "40.0" in table and "chance: R@1 and linear 25.00" in table
     assert "mined same-class" in table.splitlines()[0] and table.endswith("'mined same-class': ...")
+    with_ref = format_comparison([{"modality": "flow", "label": "CoCLR", "model": "m", "R@1": 50.0, "R@5": 75.0,
+                                   "linear_top1": 25.0, "extra": {}}], num_classes=4,
+                                 reference={"CoCLR (flow)": {"R@1": "47.2 ± 3.1", "linear": "30.0 ± 2.0"}})
+    assert "ref R@1" in with_ref.splitlines()[0] and "47.2 ± 3.1" in with_ref.splitlines()[1]
 
 
 @pytest.mark.slow

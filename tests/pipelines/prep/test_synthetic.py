@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.prep.synthetic import (CHARADES_HEADER, CLASSES, generate, make_background, plan_multi_action, preset,
-                                 render_clip, render_multi_action)
+from pipelines.prep.synthetic import (CHARADES_HEADER, CLASSES, class_style, generate, make_background,
+                                      plan_multi_action, preset, render_clip, render_multi_action, ucf_scene)
 
 ANNOTATIONS = ("ucf101/ucfTrainTestlist/classInd.txt", "ucf101/ucfTrainTestlist/trainlist01.txt",
                "ucf101/ucfTrainTestlist/testlist01.txt", "charades/Charades_v1_classes.txt",
@@ -159,6 +159,45 @@ def test_appearance_does_not_predict_class():
         cent_C6 = np.stack([x_N6[keep & (y_N == c)].mean(0) for c in range(n_cls)])
         correct += np.argmin(np.linalg.norm(cent_C6 - x_N6[i], axis=1)) == y_N[i]
     assert correct / len(y_N) < 0.5  # chance is 0.25
+
+
+def test_context_ties_appearance_to_the_class_and_motion_still_defines_it():
+    """With ``context=1`` every object is its class's typical one and every scene has the class's
+    palette: colour statistics predict the class. The motion is the class's all the same."""
+    cfg = preset("tiny", frames=8, height=32, width=32, context=1.0)
+    assert class_style(cfg, 0).shape != class_style(cfg, 1).shape
+    feats, labels = [], []
+    for c in range(4):
+        for k in range(8):
+            frames_THW3 = render_clip(c, np.random.default_rng([7, c, k]), cfg, canvas_HW3=ucf_scene(cfg, c, k),
+                                      style=class_style(cfg, c)).astype(np.float32)
+            feats.append(np.concatenate([frames_THW3.mean((0, 1, 2)), frames_THW3.std((0, 1, 2))]))
+            labels.append(c)
+    x_N6, y_N = np.array(feats), np.array(labels)
+    x_N6 = (x_N6 - x_N6.mean(0)) / x_N6.std(0)
+    correct = 0
+    for i in range(len(y_N)):
+        keep = np.arange(len(y_N)) != i
+        cent_C6 = np.stack([x_N6[keep & (y_N == c)].mean(0) for c in range(4)])
+        correct += np.argmin(np.linalg.norm(cent_C6 - x_N6[i], axis=1)) == y_N[i]
+    assert correct / len(y_N) > 0.7  # chance is 0.25; context 0 stays near chance (test above)
+    moving = preset("tiny", context=1.0)
+    flow_2 = _mean_moving_flow(render_clip(0, np.random.default_rng(3), moving, style=class_style(moving, 0)))
+    assert flow_2[0] < -0.3  # MoveLeft still moves left
+
+
+def test_context_zero_and_shake_keep_the_default_dataset():
+    """``context=0`` and the default shake draw exactly what the generator drew before them."""
+    cfg = preset("tiny", frames=8, height=32, width=32)
+    np.testing.assert_array_equal(ucf_scene(cfg, 2, 1), make_background(np.random.default_rng([cfg.seed, 1, 1]), cfg))
+    def moved(shake: float) -> float:  # share of pixels that change between two frames (no noise)
+        clip = render_clip(0, np.random.default_rng(5), preset("tiny", frames=8, height=64, width=64, shake=shake,
+                                                               noise_std=0.0, max_objects=1)).astype(np.int16)
+        return float((np.abs(clip[4] - clip[0]).max(-1) > 2).mean())
+
+    assert moved(0.0) < 0.2 < moved(3.0)  # without shake only the object moves
+    with pytest.raises(ValueError, match="context"):
+        preset("tiny", context=1.5)
 
 
 def test_render_shapes_and_rest_between_segments():
