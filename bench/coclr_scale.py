@@ -72,6 +72,7 @@ class InMemory:
             r["segments"] = "[]"  # the eval recipe's JSON form; single-action clips
         self.frames = {r[k]: read_frames(r[k], range(r["num_frames"])) for r in self.rows for k in ("uri", "flow_uri")}
         self.num_classes = max(r["label_index"] for r in self.rows) + 1
+        self.views: dict[tuple, np.ndarray] = {}  # eval_views' cache
 
     def read(self, video_id: str, uri: str, indices) -> np.ndarray:
         return self.frames[uri][np.asarray(indices)]
@@ -95,14 +96,24 @@ def train_batches(data: InMemory, recipe, steps: int, batch_size: int, rng: np.r
             done += 1
 
 
+def eval_views(data: InMemory, eval_recipe, modality: str, split: str) -> np.ndarray:
+    """Every evaluation view of one split, ``(N, V, T, S, S, 3)`` uint8: deterministic, so drawn once
+    per (modality, split) and shared by every encoder scored."""
+    key = (eval_recipe, modality, split)
+    if key not in data.views:
+        recipe = dataclasses.replace(eval_recipe, modality=modality)
+        data.views[key] = np.stack([recipe.sample(r, None, data.read, data.num_classes)["views"]
+                                    for r in data.split(split)])
+    return data.views[key]
+
+
 def features(data: InMemory, eval_recipe, build_encoder, modality: str, split: str) -> Features:
     """The demo's evaluation features (:class:`FeatureExtractor`) of one split, views drawn in memory."""
     extract, rows = FeatureExtractor(build_encoder, modality=modality), data.split(split)
-    recipe, out = dataclasses.replace(eval_recipe, modality=modality), []
+    views, out = eval_views(data, eval_recipe, modality, split), []
     for i in range(0, len(rows), 8):
         chunk = rows[i:i + 8]
-        views = np.stack([recipe.sample(r, None, data.read, data.num_classes)["views"] for r in chunk])
-        out.append(extract({"views": views, "video_id": np.array([r["video_id"] for r in chunk]),
+        out.append(extract({"views": views[i:i + 8], "video_id": np.array([r["video_id"] for r in chunk]),
                             "label_index": np.array([r["label_index"] for r in chunk])})["feats"])
     return Features([r["video_id"] for r in rows], np.array([r["label_index"] for r in rows]), np.concatenate(out))
 

@@ -42,10 +42,16 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str, log:
 
 
 class _Server:
-    """A subprocess in its own session, logging to ``log``; stopped by its process group."""
+    """A subprocess in its own session, logging to ``log``, listening on a free loopback port;
+    stopped by its process group."""
 
-    def __init__(self) -> None:
+    def __init__(self, workdir: Path) -> None:
         self.proc: subprocess.Popen | None = None
+        self.workdir, self.port = Path(workdir), free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def _spawn(self, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -77,14 +83,6 @@ class _Server:
 class MotoS3(_Server):
     """``moto_server`` on 127.0.0.1 (S3 in memory): ``url``; credentials are anything."""
 
-    def __init__(self, workdir: Path) -> None:
-        super().__init__()
-        self.workdir, self.port = Path(workdir), free_port()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def start(self) -> Self:
         log = self.workdir / "moto.log"
         self._spawn([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)], log)
@@ -102,14 +100,6 @@ class MotoS3(_Server):
 
 class MlflowServer(_Server):
     """``mlflow server`` with a sqlite backend store and a local artifact root (clients write artifacts directly)."""
-
-    def __init__(self, workdir: Path) -> None:
-        super().__init__()
-        self.workdir, self.port = Path(workdir), free_port()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def db_path(self) -> Path:

@@ -28,6 +28,7 @@ from bench.reliability_data import make_ucf_source, upload_tree  # noqa: E402
 from bench.reliability_services import MlflowServer, MotoS3, TcpSwitch  # noqa: E402
 from bench.reliability_train import read_events  # noqa: E402
 from bench.s3_faults import FaultProxy  # noqa: E402
+from pipelines.data.workers import patched_environ  # noqa: E402
 
 BUCKET = "vidray-reliability"
 EXPERIMENT = "supervised"
@@ -64,19 +65,10 @@ class Stack:
     @contextlib.contextmanager
     def reading_s3(self) -> Iterator[None]:
         """This process reads the bucket directly (not through the fault proxy) while inside."""
-        keys = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
-        saved = {k: os.environ.get(k) for k in keys}
-        os.environ.pop("AWS_ENDPOINT_URL_S3", None)
-        os.environ.update(AWS_ENDPOINT_URL=self.s3.url, AWS_ACCESS_KEY_ID="admin", AWS_SECRET_ACCESS_KEY="admin",
-                          AWS_REGION="us-east-1")
-        try:
+        with patched_environ({"AWS_ENDPOINT_URL": self.s3.url, "AWS_ACCESS_KEY_ID": "admin",
+                              "AWS_SECRET_ACCESS_KEY": "admin", "AWS_REGION": "us-east-1"},
+                             unset=("AWS_ENDPOINT_URL_S3",)):
             yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
     def temp_dirs(self) -> list[str]:
         nodes = [self.cluster.head.temp_dir] + [d for n in self.cluster.workers for d in n.temp_dirs]

@@ -59,9 +59,9 @@ def reference(variant: str, manifest_url: str) -> tuple[dict | None, str]:
 
     from pipelines.io import manifest
 
-    if not REFERENCE.exists() or json.loads(REFERENCE.read_text())["variant"] != variant:
+    ref = json.loads(REFERENCE.read_text()) if REFERENCE.exists() else {}
+    if ref.get("variant") != variant:
         return None, ""
-    ref = json.loads(REFERENCE.read_text())
     ours = manifest.fingerprint(manifest.read_manifest(manifest_url))
     same = "the same dataset" if ours == ref["dataset_fingerprint"] else (
         f"another rendering of the dataset (fingerprint {ref['dataset_fingerprint'][:16]}, this run "

@@ -63,11 +63,13 @@ def init_decode_worker(*_: object) -> None:
 
 
 @contextlib.contextmanager
-def spawn_env() -> Iterator[None]:
-    """:data:`DECODE_WORKER_ENV` in ``os.environ`` while child processes are started (they
-    inherit it); the previous values are restored after."""
-    saved = {k: os.environ.get(k) for k in DECODE_WORKER_ENV}
-    os.environ.update(DECODE_WORKER_ENV)
+def patched_environ(updates: dict[str, str], unset: tuple[str, ...] = ()) -> Iterator[None]:
+    """``os.environ`` with ``updates`` set and ``unset`` removed while inside; every touched key
+    gets its previous value (or absence) back after."""
+    saved = {k: os.environ.get(k) for k in (*updates, *unset)}
+    for key in unset:
+        os.environ.pop(key, None)
+    os.environ.update(updates)
     try:
         yield
     finally:
@@ -76,3 +78,9 @@ def spawn_env() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def spawn_env() -> contextlib.AbstractContextManager[None]:
+    """:data:`DECODE_WORKER_ENV` in ``os.environ`` while child processes are started (they
+    inherit it); the previous values are restored after."""
+    return patched_environ(DECODE_WORKER_ENV)
