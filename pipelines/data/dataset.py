@@ -109,6 +109,8 @@ class LoaderOptions:
         strings: keep string columns (``video_id``, captions); ``False`` for ``iter_torch_batches``.
         telemetry: add the per-sample columns of :mod:`pipelines.data.telemetry`.
         reader: ``(uri, indices) -> uint8 (T, H, W, 3)``; default ``read_frames`` (a test hook).
+        clip_cache: folder of a :class:`~pipelines.data.clip_cache.ClipCache` (decoded videos,
+            e.g. a sweep's): reads of cached videos are served from it, the rest decode.
     """
 
     rows_per_task: int | None = None
@@ -120,6 +122,7 @@ class LoaderOptions:
     strings: bool = True
     telemetry: bool = True
     reader: Callable[[str, np.ndarray], np.ndarray] | None = None
+    clip_cache: str | None = None
 
 
 def auto_rows_per_task(n_rows: int, cpus: float) -> int:

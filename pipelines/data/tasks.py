@@ -12,7 +12,8 @@ thread abandoned. Once ``max_stuck_decoders`` threads are stuck in one worker pr
 process sends what it has recorded to the ledger and exits, so that Ray replaces it (a
 thread stuck in native code cannot be killed); the retried task skips the recorded videos.
 Reads name the codec and frame size from the manifest, so ``read_frames`` picks its
-backend without probing the file.
+backend without probing the file. With ``LoaderOptions.clip_cache`` a read of a video that
+the cache holds is a slice of its decoded frames (:mod:`pipelines.data.clip_cache`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pipelines.data import recipes, telemetry
+from pipelines.data.clip_cache import ClipCache
 from pipelines.data.ledger import LedgerClient
 from pipelines.data.recipes import RecipeConfig
 from pipelines.data.workers import init_decode_worker
@@ -102,8 +104,13 @@ class _Reader:
         self.block, self.options, self.media = block, options, media
         self.last: dict[str, str] = {}
         self.fn = options.reader or self._read_frames
+        self.cache = ClipCache(options.clip_cache) if options.clip_cache else None
 
     def _read_frames(self, uri: str, idx: np.ndarray) -> np.ndarray:
+        if self.cache is not None:
+            frames = self.cache.read(uri, idx)
+            if frames is not None:
+                return frames
         codec, size = self.media.get(uri, (None, None))
         return read_frames(uri, idx, backend=self.options.backend, threads=1, codec=codec, size=size)
 

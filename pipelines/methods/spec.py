@@ -46,6 +46,8 @@ class DataConfig:
             a missing manifest is an error naming the commands that make it.
         format: which part of the synthetic set is ingested there: ``ucf101`` (single-action
             clips) or ``charades`` (multi-action videos with segments).
+        clip_cache: folder of decoded videos (:mod:`pipelines.data.clip_cache`) that reads are
+            served from; a sweep sets it for its trials (``jobs/tune.py --clip-cache``).
     """
 
     manifest: str = "data/ucf101"
@@ -56,6 +58,7 @@ class DataConfig:
     limit: int | None = None
     synthetic: str | None = None
     format: str = "ucf101"
+    clip_cache: str | None = None
 
 
 @dataclasses.dataclass

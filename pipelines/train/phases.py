@@ -78,7 +78,8 @@ def _pipeline(data, recipe_cfg, *, epoch, limit=None, strings=False):
     from pipelines.data.dataset import LoaderOptions, build_pipeline
 
     return build_pipeline(data.manifest, recipe_cfg, data.split, seed=data.seed, epoch=epoch,
-                          limit=limit or data.limit, options=LoaderOptions(strings=strings))
+                          limit=limit or data.limit,
+                          options=LoaderOptions(strings=strings, clip_cache=data.clip_cache))
 
 
 def _preview(data, recipe_cfg, logger) -> None:

@@ -214,7 +214,8 @@ def _task(spec, job, phase, clock, data_cpus: float | None):
     # The trial's own quarantine ledger: a ledger actor dies with the process that created it, and
     # trials side by side (or a trial restarted by PBT) would otherwise share one a dead trial owned.
     pipe = build_pipeline(data.manifest, recipe_cfg, data.split, seed=data.seed, epoch=clock, limit=data.limit,
-                          options=LoaderOptions(strings=False, ledger_name=f"vidray-ledger-{job.run_name}"))
+                          options=LoaderOptions(strings=False, ledger_name=f"vidray-ledger-{job.run_name}",
+                                               clip_cache=data.clip_cache))
     videos = len(pipe.inputs) - pipe.quarantined().num_rows
     per_step = job.loop.batch_size * max(1, job.loop.accumulate_steps)
     task = TrainTask(build_method=functools.partial(spec.build, job, phase, {}),
