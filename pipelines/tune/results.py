@@ -11,7 +11,8 @@
 3. the parent run gets ``sweep/results.csv``, the parallel-coordinates plot, trial counts
    and the best value;
 4. the best *finished* trial (stopped trials were judged at fewer epochs) is registered as
-   ``<model_name>-<key>@best`` (:func:`pipelines.tune.tracking.promote_best`). If it ended
+   ``<model_name>-<key>``, and takes ``@best`` if it beats the holder on the model's pinned
+   evaluation suite (:func:`pipelines.tune.tracking.promote_best`, :mod:`pipelines.tune.gate`). If it ended
    before registering its encoders (a scheduler ended it at its last epoch, or the driver
    was killed then), that is completed here first: its job runs again under the same
    names, so every phase is skipped or resumes from its final checkpoint with nothing left
@@ -102,7 +103,20 @@ def _register_best(plan, ctx: TrialContext, best: dict[str, Any], phases: list, 
             complete_trial(ctx, values, best["trial_id"])
     return tracking.promote_best(model_name=plan.job.model_name, trial_model_name=trial_model, keys=keys,
                                  metric=plan.metric, mode=plan.mode, value=float(best[plan.metric]),
-                                 sweep=plan.name, trial_id=best["trial_id"])
+                                 sweep=plan.name, trial_id=best["trial_id"], gating=gate_settings(plan, phases))
+
+
+def gate_settings(plan, phases: list):
+    """The :class:`~pipelines.tune.gate.GateSettings` of the sweep (``None`` with ``--no-gate``)."""
+    if not plan.cfg.gate:
+        return None
+    from pipelines.tune.gate import GateSettings, sweep_suites
+    from pipelines.tune.resources import release_orphaned_groups
+
+    release_orphaned_groups()  # the suite's feature extraction needs the CPUs a stopped trial's group may hold
+    suites = sweep_suites(plan.job, plan.spec, phases, manifest=plan.cfg.gate_manifest,
+                          protocol=plan.cfg.gate_protocol)
+    return GateSettings(suites, repin=plan.cfg.repin_suite)
 
 
 def _prune(plan, rows: list[dict[str, Any]], parent) -> None:

@@ -15,7 +15,8 @@
    process and reports checkpoints to Tune — or ``Tuner.restore`` with ``--resume``;
 4. records how each trial ended on its MLflow run, logs the results table and plot on the
    parent, and registers the best finished trial's encoders with the alias ``best``
-   (:func:`pipelines.tune.tracking.promote_best`), then deletes the checkpoints nothing will
+   (:func:`pipelines.tune.tracking.promote_best`) when they win on the model's pinned evaluation
+   suite (:mod:`pipelines.tune.gate`), then deletes the checkpoints nothing will
    read (:mod:`pipelines.tune.prune`).
 
 Resuming (``--resume`` after a killed driver): Tune restores the searcher and the trials'
@@ -40,7 +41,9 @@ from ray.tune import Callback
 from pipelines.config import ConfigError, apply_overrides
 from pipelines.io import storage
 from pipelines.tune import resources, tracking
+from pipelines.tune.cache import release_clip_cache, with_clip_cache
 from pipelines.tune.schedulers import make_scheduler, stored_results
+from pipelines.tune.search import check_search, make_search
 from pipelines.tune.space import Domain, check_space, describe, load_space_file, parse_space
 from pipelines.tune.trial import TIME_ATTR, TrialContext, run_trial
 
@@ -63,6 +66,7 @@ class SweepConfig:
     default_space: bool = True           # False: only the --space / --space-file keys
     num_samples: int = 4
     scheduler: str = "asha"
+    search: str = "random"               # random (Tune's random/grid search) or optuna (pipelines.tune.search)
     metric: str | None = None            # default: the spec's SweepDefaults.metric
     mode: str | None = None
     grace_period: int = 1                # epochs before a trial can be stopped
@@ -74,9 +78,16 @@ class SweepConfig:
     data_cpus: float = 1.0
     stage: str | None = None
     name: str | None = None              # default: <run_name>-sweep
-    seed: int | None = None              # of the random search
+    seed: int | None = None              # of the search (random or optuna)
     max_failures: int = 1                # restarts of a failed trial (it resumes from its checkpoint)
     prune: bool = True                   # after the sweep, delete checkpoints nothing reads (pipelines.tune.prune)
+    clip_cache: bool = True              # decode the dataset once for every trial (pipelines.tune.cache)
+    clip_cache_dir: str | None = None    # default: <storage_path>/<sweep>.clip-cache (deleted after the sweep)
+    clip_cache_gb: float = 8.0           # at most this much decoded video in the cache
+    gate: bool = True                    # @best only for a win on the pinned eval suite (pipelines.tune.gate)
+    gate_manifest: str | None = None     # the suite's manifest (default: the sweep's data manifest)
+    gate_protocol: str | None = None     # retrieval (R@1) or linear (top1); default: the method's first of them
+    repin_suite: bool = False            # replace the model's pinned suite by this sweep's
     resume: bool = False
 
 
@@ -122,10 +133,12 @@ def resolve(cfg: SweepConfig) -> Plan:
     """The checked :class:`Plan` of ``cfg``.
 
     Raises:
-        ConfigError: unknown variant or scheduler, a bad override or space, no metric.
+        ConfigError: unknown variant, scheduler or search, a bad override or space, a search the
+            scheduler or space rules out (:func:`pipelines.tune.search.check_search`), no metric.
     """
     from pipelines.methods import get_method
     from pipelines.train.entry import resolve_paths
+    from pipelines.tune.gate import check_gate
 
     spec = get_method(cfg.method)
     if cfg.variant not in spec.variants:
@@ -140,6 +153,8 @@ def resolve(cfg: SweepConfig) -> Plan:
         space.update(load_space_file(cfg.space_file))
     space.update(parse_space(cfg.space))
     check_space(space, job)
+    check_search(cfg.search, cfg.scheduler, space)
+    check_gate(cfg)
     if cfg.scheduler == "pbt" and job.scaling.num_workers != 1:  # PBT trains in the trial's own process
         job = dataclasses.replace(job, scaling=dataclasses.replace(job.scaling, num_workers=1))
     metric = cfg.metric or (defaults.metric if defaults else None)
@@ -258,6 +273,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     check_metric(plan, phases)
     check_schedule(plan, phases)
     restoring = _restorable(plan)
+    plan = dataclasses.replace(plan, job=with_clip_cache(plan.cfg, plan.spec, plan.job, phases, plan.name))
     parent, parent_id = _open_parent(plan)
     try:
         cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
@@ -275,6 +291,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
               f"{concurrency} trial(s) at a time{' (resumed)' if restoring else ''}", flush=True)
         grid = _tuner(plan, ctx, restoring, concurrency, max_t).fit()
         result = finish(plan, ctx, grid, phases, parent)
+        release_clip_cache(plan.cfg, plan.job, plan.name)
     except BaseException:
         parent.end("FAILED")
         raise
@@ -303,7 +320,6 @@ def _restorable(plan: Plan) -> bool:
 def _tuner(plan: Plan, ctx: TrialContext, restoring: bool, concurrency: int, max_t: int):
     """A new ``Tuner``, or the stored one (``Tuner.restore``: unfinished and errored trials resume)."""
     from ray import tune
-    from ray.tune.search import BasicVariantGenerator
 
     trainable = _trainable(ctx)
     path, filesystem = _ray_storage(plan.job.storage_path)
@@ -316,8 +332,7 @@ def _tuner(plan: Plan, ctx: TrialContext, restoring: bool, concurrency: int, max
                                reduction_factor=cfg.reduction_factor, space=plan.space,
                                perturbation_interval=cfg.perturbation_interval,
                                quantile_fraction=cfg.quantile_fraction, synch=cfg.pbt_synch)
-    # Tune ignores TuneConfig.max_concurrent_trials beside a BasicVariantGenerator: it takes its own.
-    search = BasicVariantGenerator(random_state=cfg.seed, max_concurrent=concurrency)
+    search = make_search(cfg.search, metric=plan.metric, mode=plan.mode, seed=cfg.seed, max_concurrent=concurrency)
     return tune.Tuner(
         trainable, param_space={k: d.to_tune() for k, d in plan.space.items()},
         tune_config=tune.TuneConfig(metric=plan.metric, mode=plan.mode, scheduler=scheduler,

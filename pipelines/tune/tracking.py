@@ -13,9 +13,10 @@
   stopped trial's killed process left RUNNING as KILLED.
 * :func:`log_results`: ``sweep/results.csv`` and ``sweep/parallel_coordinates.png`` on the parent.
 * :func:`promote_best`: the best trial's encoders become versions of ``<model_name>-<key>``
-  (the model a single run registers into) with the alias ``best`` — unless the current
-  holder of ``best``, scored on the same metric and dataset fingerprint, is better; the
-  decision and both scores are tags of the new version.
+  (the model a single run registers into) with the alias ``best`` — only if they beat the
+  current holder of ``best`` on the model's pinned evaluation suite (:mod:`pipelines.tune.gate`),
+  or with ``--no-gate`` unless the holder, scored on the same sweep metric and dataset
+  fingerprint, is better; the decision and both scores are tags of the new version.
 """
 
 from __future__ import annotations
@@ -144,12 +145,15 @@ def _better(a: float, b: float, mode: str) -> bool:
 
 
 def promote_best(*, model_name: str, trial_model_name: str, keys: dict[str, str], metric: str, mode: str,
-                 value: float, sweep: str, trial_id: str) -> list[dict[str, Any]]:
+                 value: float, sweep: str, trial_id: str, gating=None) -> list[dict[str, Any]]:
     """Register the best trial's encoders as ``<model_name>-<key>`` and move ``@best`` if they win.
 
     Args:
         keys: encoder key -> the phase whose alias holds the trial's final version of it.
         value: the trial's ``metric``.
+        gating: a :class:`pipelines.tune.gate.GateSettings`: each new version must beat the holder
+            on the model's pinned evaluation suite (:func:`pipelines.tune.gate.judge`); ``None``
+            (``--no-gate``): on the sweep's ``metric`` (:func:`gate`).
 
     Returns:
         per key: ``model``, ``version``, ``promoted`` and ``decision`` (a sentence).
@@ -167,15 +171,29 @@ def promote_best(*, model_name: str, trial_model_name: str, keys: dict[str, str]
         except MlflowException:
             pass  # it exists: single runs register into it too
         fingerprint = (source.tags or {}).get("dataset_fingerprint", "")
-        promoted, decision = gate(_holder(c, name), metric=metric, mode=mode, value=value, fingerprint=fingerprint)
+        holder = _holder(c, name)
+        legacy = None if gating is not None else gate(holder, metric=metric, mode=mode, value=value,
+                                                      fingerprint=fingerprint)
         version = c.create_model_version(name, source.source, run_id=source.run_id, model_id=_model_id(source), tags={
             **{k: v for k, v in (source.tags or {}).items() if k in ("dataset_fingerprint", "git_commit", "phase")},
             "vidray_sweep": sweep, "vidray_trial_id": trial_id, "vidray_run_name": f"{sweep}.{trial_id}",
-            "vidray_best_metric": metric, "vidray_best_value": repr(float(value)), "vidray_best_decision": decision})
+            "vidray_best_metric": metric, "vidray_best_value": repr(float(value))})
+        promoted, decision = legacy if legacy is not None else _judge(c, name, version, holder, gating, key)
+        c.set_model_version_tag(name, version.version, "vidray_best_decision", decision)
         if promoted:
             c.set_registered_model_alias(name, BEST_ALIAS, version.version)
         out.append({"model": name, "version": version.version, "promoted": promoted, "decision": decision})
     return out
+
+
+def _judge(c, name: str, version, holder, gating, key: str) -> tuple[bool, str]:
+    """:func:`pipelines.tune.gate.judge` on the new ``version``; its tags go on the version."""
+    from pipelines.tune.gate import judge
+
+    verdict = judge(c, name, version, holder, gating.suites[key], repin=gating.repin, score_fn=gating.score_fn)
+    for tag, text in verdict.tags.items():
+        c.set_model_version_tag(name, version.version, tag, text)
+    return verdict.promoted, verdict.decision
 
 
 def gate(holder, *, metric: str, mode: str, value: float, fingerprint: str) -> tuple[bool, str]:

@@ -79,6 +79,9 @@ def test_sweep_killed_then_resumed_stops_early_and_registers_best(ray_cluster, m
     assert tune_job.main([*_argv(tmp_path, name), "--resume"]) == 0
     out = capsys.readouterr().out
     assert "(resumed)" in out
+    # the clip cache: decoded once before the kill (8 videos), read by every trial, deleted at the end
+    assert "8 file(s) ready (0 decoded now, 8 already there)" in out
+    assert "decoded now" in log.read_text() and not (tmp_path / "runs" / f"{name}.clip-cache").exists()
 
     runs = _trial_runs(name)
     trial_ids = [r.data.tags["vidray_trial_id"] for r in runs]

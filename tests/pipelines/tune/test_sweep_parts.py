@@ -13,7 +13,9 @@ from pipelines.methods import get_method
 from pipelines.tune import resources
 from pipelines.tune.results import best_row
 from pipelines.tune.schedulers import ReplayingASHA, make_scheduler
-from pipelines.tune.sweep import SweepConfig, resolve
+from pipelines.tune.search import make_search
+from pipelines.tune.space import Choice, LogUniform, RandInt, Uniform
+from pipelines.tune.sweep import SweepConfig, _save_settings, _settings, resolve
 from pipelines.tune.tracking import gate
 from pipelines.tune.trial import TIME_ATTR, epoch_offsets
 
@@ -34,6 +36,11 @@ def test_resolve_takes_the_method_default_and_adds_the_command_line():
     (SweepConfig(method="supervised", metric="epoch_loss"), "--mode"),
     (SweepConfig(method="supervised", variant="huge"), "unknown variant"),
     (SweepConfig(method="supervised", space=("optim.mommentum=uniform(0, 1)",)), "did you mean .momentum."),
+    (SweepConfig(method="supervised", search="bayes"), "unknown search 'bayes'"),
+    (SweepConfig(method="supervised", search="optuna", space=("method.dropout=grid(0.1, 0.3)",)),
+     r"cannot search grid domains \(method.dropout\): give them as choice\(...\) instead, or use --search random"),
+    (SweepConfig(method="supervised", search="optuna", scheduler="pbt"),
+     "--scheduler pbt explores the space by itself .* use --search random with pbt, or --scheduler asha"),
 ])
 def test_resolve_refuses(cfg, message):
     with pytest.raises(ConfigError, match=message):
@@ -137,3 +144,42 @@ def test_trial_rows_prefer_the_stored_results_over_an_older_restored_state():
     rows = trial_rows([restored, stopped], {"optim.lr": None}, "epoch_loss", max_t=2, runs={"t0": "r0"})
     assert [(r["trial_id"], r["status"], r["epochs"], r["epoch_loss"], r["run_id"]) for r in rows] == [
         ("t0", "finished", 2, 1.3, "r0"), ("t1", "stopped_early", 1, 50.0, None)]
+
+
+def test_search_random_is_tunes_generator_and_optuna_is_limited_to_the_concurrency():
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    random = make_search("random", metric="val_top1", mode="max", seed=0, max_concurrent=3)
+    assert isinstance(random, BasicVariantGenerator) and random.max_concurrent == 3
+    optuna = make_search("optuna", metric="val_top1", mode="max", seed=0, max_concurrent=3)
+    assert isinstance(optuna, ConcurrencyLimiter) and optuna.max_concurrent == 3
+    assert isinstance(optuna.searcher, OptunaSearch) and (optuna.metric, optuna.mode) == ("val_top1", "max")
+
+
+def _inside(domain, value) -> bool:
+    if isinstance(domain, Choice):
+        return value in domain.values
+    if isinstance(domain, RandInt):
+        return isinstance(value, int) and domain.low <= value < domain.high
+    assert isinstance(domain, (Uniform, LogUniform))
+    return domain.low <= value <= domain.high
+
+
+def test_optuna_suggests_values_inside_the_space_tune_hands_it():
+    """What Tune does with ``param_space`` (no cluster): the searcher converts the domains, then suggests."""
+    plan = resolve(SweepConfig(method="supervised", search="optuna",
+                               space=("method.label_smoothing=choice(0.0, 0.1)", "loop.batch_size=randint(2, 5)")))
+    search = make_search("optuna", metric=plan.metric, mode=plan.mode, seed=0, max_concurrent=2)
+    assert search.set_search_properties(plan.metric, plan.mode, {k: d.to_tune() for k, d in plan.space.items()})
+    for i in range(6):
+        values = search.suggest(f"t{i}")
+        assert set(values) == set(plan.space) and all(_inside(plan.space[k], v) for k, v in values.items())
+        search.on_trial_complete(f"t{i}", {plan.metric: float(i), "training_iteration": 1})
+
+
+def test_saved_settings_bring_the_search_back_on_resume(tmp_path):
+    started = SweepConfig(method="supervised", search="optuna", seed=3, overrides=(f"storage_path={tmp_path}",))
+    _save_settings(resolve(started))
+    resumed = _settings(SweepConfig(method="supervised", overrides=(f"storage_path={tmp_path}",), resume=True))
+    assert (resumed.search, resumed.seed, resumed.resume) == ("optuna", 3, True)
