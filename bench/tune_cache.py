@@ -14,7 +14,7 @@ points of the learning rate that no scheduler stops. Two arms, in this order:
 
 Per arm: ``wall_s``, ``cpu_s`` (this process tree: driver, Ray daemons and workers,
 ``bench/cpu.py``) and, from the trials' MLflow runs, ``decode_ms_per_clip`` (the
-``epoch_data_decode_ms`` metric: wall time of a sample's reads in its decode task) and
+``epoch/epoch_data_decode_ms`` metric: wall time of a sample's reads in its decode task) and
 ``augment_ms_per_clip``. Ratios are cache / decode in this one run. At debug size the trials'
 fixed costs (Ray Train start-up, MLflow, checkpoints) dwarf decoding, so the wall ratio is
 close to 1 by construction; ``decode_ms_ratio`` is the figure that scales with the dataset.
@@ -64,10 +64,10 @@ def trial_stage_ms(sweep: str) -> dict[str, Any]:
 
     exp = client().get_experiment_by_name("supervised")
     runs = [r for r in client().search_runs([exp.experiment_id], filter_string=f"tags.vidray_run_name LIKE '{sweep}.%'")
-            if "epoch_data_decode_ms" in r.data.metrics]
+            if "epoch/epoch_data_decode_ms" in r.data.metrics]
     mean = lambda key: round(sum(r.data.metrics[key] for r in runs) / max(1, len(runs)), 3)  # noqa: E731
-    return {"runs_with_telemetry": len(runs), "decode_ms_per_clip": mean("epoch_data_decode_ms"),
-            "augment_ms_per_clip": mean("epoch_data_augment_ms")}
+    return {"runs_with_telemetry": len(runs), "decode_ms_per_clip": mean("epoch/epoch_data_decode_ms"),
+            "augment_ms_per_clip": mean("epoch/epoch_data_augment_ms")}
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:

@@ -32,9 +32,10 @@ def parse_args(argv: list[str] | None = None) -> SweepConfig:
     p.add_argument("--variant", default="debug", help="the method's config variant (default: debug)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override of the base config, as jobs/train.py (repeatable)")
-    p.add_argument("--space", action="append", default=[], metavar="KEY=DOMAIN",
+    p.add_argument("--space", action="append", default=[], metavar="KEY=DOMAIN|NAME",
                    help="searched key, e.g. optim.lr='loguniform(1e-4,1e-2)', method.topk='choice(1,5,50)', "
-                        "uniform(a,b), randint(a,b), grid(v1,v2); adds to or replaces the method's default space")
+                        "uniform(a,b), randint(a,b), grid(v1,v2); adds to or replaces the method's default space. "
+                        "A NAME (e.g. ablation) starts from that space of the method instead of its default")
     p.add_argument("--space-file", help="YAML {key: domain} added like --space")
     p.add_argument("--no-default-space", dest="default_space", action="store_false",
                    help="search only the --space / --space-file keys")

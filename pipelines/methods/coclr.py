@@ -21,7 +21,7 @@ from pipelines.eval.proxy import ProxyConfig, knn_proxy
 from pipelines.methods.spec import DataConfig, Encoder, MethodSpec, Phase, TrainJob
 from pipelines.train.loop import LoopConfig
 from pipelines.train.optim import OptimConfig
-from pipelines.tune.space import LogUniform, SweepDefaults
+from pipelines.tune.space import Choice, LogUniform, SweepDefaults
 from vidmodels.methods import CoCLR, CoCLRConfig, coclr_schedule
 from vidmodels.methods.coclr import IN_CHANS
 from vidmodels.registry import create_backbone
@@ -184,11 +184,17 @@ def validate(job: CoCLRJob, phase: Phase):
 # debug run's 1: after one step every trial is still close to the shared initialisation, the proxy
 # ties, and ASHA stops nothing (docs/tuning.md).
 DEBUG_SWEEP = ("scaling.num_workers=1", "loop.batch_size=2")
+# ``--space ablation``: the seed's ablations (K in {1, 5, 50}, L957/L1018) and the authors' MoCo knobs
+# ([EXT] queue 2048, tau 0.07, momentum 0.999), with the learning rate.
+ABLATION = {"method.topk": Choice((1, 5, 50)), "method.queue_size": Choice((1024, 2048, 4096)),
+            "method.temperature": LogUniform(0.03, 0.3), "method.momentum": Choice((0.99, 0.999)),
+            "optim.lr": LogUniform(1e-4, 3e-3)}
 # Ranked on the proxy (kNN top-1 on held-out clips), not the training loss: comparable across keys
 # that change the loss itself, such as the temperature (docs/tuning.md).
 SWEEP = SweepDefaults(space={"optim.lr": LogUniform(1e-4, 3e-3), "optim.weight_decay": LogUniform(1e-6, 1e-3),
                              "method.temperature": LogUniform(0.03, 0.3)},
-                      metric="val_knn_top1", mode="max", variant_overrides={"debug": DEBUG_SWEEP})
+                      metric="val_knn_top1", mode="max", variant_overrides={"debug": DEBUG_SWEEP},
+                      spaces={"ablation": ABLATION})
 
 SPEC = MethodSpec(name="coclr", config=CoCLRJob, variants=VARIANTS, phases=phases, recipe=recipe, build=build,
                   export=export, metrics=("loss", "top1", "mined_precision", "val_knn_top1"), validate=validate,

@@ -29,7 +29,7 @@ from pipelines.eval.proxy import ProxyConfig, knn_proxy
 from pipelines.methods.spec import DataConfig, Encoder, MethodSpec, Phase, TrainJob
 from pipelines.train.loop import LoopConfig
 from pipelines.train.optim import OptimConfig
-from pipelines.tune.space import LogUniform, SweepDefaults
+from pipelines.tune.space import Choice, LogUniform, SweepDefaults
 from vidmodels.methods.dpc import DPC, DPCConfig, build_dpc
 from vidmodels.registry import create_backbone
 
@@ -223,9 +223,13 @@ METRICS = ("loss", "top1", "top1_temporal", "top1_spatial", "top1_easy", "val_kn
 PROTOCOLS = ("retrieval", "linear", "mlp", "finetune")
 # Ranked on the proxy (kNN top-1 of the pooled context on held-out clips); a debug trial takes 4 steps
 # per epoch instead of 1, so that trials differ at ASHA's first rungs (docs/tuning.md).
-SWEEP = SweepDefaults(space={"optim.lr": LogUniform(1e-4, 3e-3), "optim.weight_decay": LogUniform(1e-6, 1e-3)},
-                      metric="val_knn_top1", mode="max",
-                      variant_overrides={"debug": ("scaling.num_workers=1", "loop.batch_size=2")})
+# ``--space ablation``: the prediction-step curriculum (the seed's ablation of q; every value fits the
+# debug variant's 4 blocks and the full 8), with the learning rate and weight decay.
+LR_WD = {"optim.lr": LogUniform(1e-4, 3e-3), "optim.weight_decay": LogUniform(1e-6, 1e-3)}
+ABLATION = {"schedule.pred_steps": Choice(((2,), (3,), (2, 3))), **LR_WD}
+SWEEP = SweepDefaults(space=LR_WD, metric="val_knn_top1", mode="max",
+                      variant_overrides={"debug": ("scaling.num_workers=1", "loop.batch_size=2")},
+                      spaces={"ablation": ABLATION})
 
 SPEC = MethodSpec(name="dpc", config=DPCJob, variants=VARIANTS, phases=phases, recipe=recipe, build=build,
                   export=export, metrics=METRICS, validate=validate, eval_protocols=PROTOCOLS,

@@ -18,6 +18,7 @@ from pipelines.methods.dpc import DPCJob, DPCSchedule
 from pipelines.methods.spec import DataConfig, MethodSpec
 from pipelines.train.loop import LoopConfig
 from pipelines.train.optim import OptimConfig
+from pipelines.tune.space import Choice
 from vidmodels.methods.dpc import MemDPCConfig
 
 
@@ -70,7 +71,10 @@ def debug() -> MemDPCJob:
 
 
 VARIANTS = {"debug": debug, "demo": demo, "ucf101": ucf101, "k400": k400}
+# ``--space ablation`` adds the memory size to DPC's: the seed's {512, 1024, 2048} slots.
+SWEEP = dataclasses.replace(dpc.SWEEP, spaces={"ablation": {**dpc.ABLATION,
+                                                           "method.memory_size": Choice((512, 1024, 2048))}})
 
 SPEC = MethodSpec(name="memdpc", config=MemDPCJob, variants=VARIANTS, phases=dpc.phases, recipe=dpc.recipe,
                   build=dpc.build, export=dpc.export, metrics=(*dpc.METRICS, "top1_backward"), validate=dpc.validate,
-                  eval_protocols=dpc.PROTOCOLS, table_metrics={"SSL top-1": "epoch/epoch_top1"}, sweep=dpc.SWEEP)
+                  eval_protocols=dpc.PROTOCOLS, table_metrics={"SSL top-1": "epoch/epoch_top1"}, sweep=SWEEP)

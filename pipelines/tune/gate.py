@@ -15,7 +15,8 @@ by different sweeps, on different data or metrics, are compared on the same grou
 * **Scores**: each scored version gets the tag ``vidray_gate_score.<suite_id>``; a holder that
   already has one for the pinned suite is not evaluated again.
 * **Decision**: no holder -> promoted; a tie keeps the holder; a candidate that cannot be scored
-  (e.g. a flow encoder on an RGB suite) is not promoted. The candidate version records the suite,
+  (e.g. a detector, whose output is not an embedding) is judged on the sweep's own metric instead
+  (:func:`pipelines.tune.tracking.promote_best`), and the decision says so. The candidate version records the suite,
   both scores and the decision (:func:`judge`).
 """
 
@@ -126,6 +127,7 @@ class Verdict:
     promoted: bool
     decision: str
     tags: dict[str, str]
+    unscorable: bool = False  # the candidate could not be scored on the suite (e.g. a detector)
 
 
 def check_gate(cfg: Any) -> None:
@@ -297,7 +299,7 @@ def judge(c, name: str, candidate: Any, holder: Any, proposed: EvalSuite, *, rep
         score = _score(c, name, candidate, suite, score_fn)
     except Exception as exc:  # noqa: BLE001 - an encoder the suite cannot score stays out of @best
         why = f"not promoted: v{candidate.version} could not be scored on suite {suite.suite_id} ({suite.label}): "
-        return _told(name, candidate, Verdict(False, why + _brief(exc), tags))
+        return _told(name, candidate, Verdict(False, why + _brief(exc), tags, unscorable=True))
     if needs_pin:
         pin_suite(c, name, suite)
     tags["vidray_gate_score"] = repr(score)

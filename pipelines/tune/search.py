@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipelines.config import ConfigError
-from pipelines.tune.space import Domain, Grid
+from pipelines.tune.space import Choice, Domain, Grid
 
 SEARCHES = ("random", "optuna")
 
@@ -38,6 +38,11 @@ def check_search(search: str, scheduler: str, space: Mapping[str, Domain]) -> No
     if grids:
         raise ConfigError(f"--search optuna cannot search grid domains ({', '.join(grids)}): give them as "
                           f"choice(...) instead, or use --search random")
+    sequences = [key for key, domain in space.items() if isinstance(domain, Choice)
+                 and any(isinstance(v, (list, tuple, dict)) for v in domain.values)]
+    if sequences:
+        raise ConfigError(f"--search optuna draws only numbers, strings and booleans, and {', '.join(sequences)} "
+                          f"chooses among sequences: use --search random for it, or fix it with --set")
     if scheduler == "pbt":
         raise ConfigError("--scheduler pbt explores the space by itself and takes no --search optuna: use "
                           "--search random with pbt, or --scheduler asha|hyperband with optuna")

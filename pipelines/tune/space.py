@@ -136,12 +136,15 @@ class SweepDefaults:
         variant_overrides: variant -> ``--set`` overrides a sweep of that variant applies to the
             base job before the command line's (e.g. more optimiser steps per epoch on ``debug``,
             so that trials differ at ASHA's first rungs).
+        spaces: named spaces a sweep picks with ``--space NAME`` instead of ``space`` (e.g. the
+            seed's ablations); ``default`` is ``space`` itself.
     """
 
     space: Mapping[str, Domain]
     metric: str
     mode: str = "max"
     variant_overrides: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    spaces: Mapping[str, Mapping[str, Domain]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in ("max", "min"):
@@ -211,6 +214,30 @@ def parse_space(items: Sequence[str]) -> dict[str, Domain]:
             raise ConfigError(f"--space {item!r} is not of the form key=domain")
         out[key.strip()] = parse_domain(text)
     return out
+
+
+def select_space(method: str, defaults: SweepDefaults | None, items: Sequence[str], *,
+                 use_default: bool = True) -> tuple[dict[str, Domain], list[str]]:
+    """The base space of a sweep and the ``KEY=DOMAIN`` items that edit it.
+
+    An item without ``=`` names one of the method's spaces (``default`` or a key of
+    ``SweepDefaults.spaces``), which replaces the default; otherwise the base is the default space
+    (empty with ``use_default=False``).
+
+    Raises:
+        ConfigError: more than one name, or a name the method does not have (the known ones listed).
+    """
+    names = [i.strip() for i in items if "=" not in i]
+    rest = [i for i in items if "=" in i]
+    known = {"default": defaults.space, **defaults.spaces} if defaults else {}
+    if len(names) > 1:
+        raise ConfigError(f"--space names one space at a time, got {', '.join(names)}")
+    if names and names[0] not in known:
+        raise ConfigError(f"{method} has no space {names[0]!r}; its spaces: {', '.join(known) or 'none'} "
+                          f"(or give --space KEY=DOMAIN)")
+    if names:
+        return dict(known[names[0]]), rest
+    return (dict(defaults.space) if defaults and use_default else {}), rest
 
 
 def load_space_file(path: str) -> dict[str, Domain]:

@@ -44,7 +44,7 @@ from pipelines.tune import resources, tracking
 from pipelines.tune.cache import release_clip_cache, with_clip_cache
 from pipelines.tune.schedulers import make_scheduler, stored_results
 from pipelines.tune.search import check_search, make_search
-from pipelines.tune.space import Domain, check_space, describe, load_space_file, parse_space
+from pipelines.tune.space import Domain, check_space, describe, load_space_file, parse_space, select_space
 from pipelines.tune.trial import TIME_ATTR, TrialContext, run_trial
 
 SCHEDULERS = ("asha", "hyperband", "pbt")
@@ -148,10 +148,10 @@ def resolve(cfg: SweepConfig) -> Plan:
     defaults = spec.sweep
     preset = tuple(defaults.variant_overrides.get(cfg.variant, ())) if defaults else ()
     job = resolve_paths(apply_overrides(spec.variants[cfg.variant](), (*preset, *cfg.overrides)))
-    space: dict[str, Domain] = dict(defaults.space) if defaults and cfg.default_space else {}
+    space, items = select_space(cfg.method, defaults, cfg.space, use_default=cfg.default_space)
     if cfg.space_file:
         space.update(load_space_file(cfg.space_file))
-    space.update(parse_space(cfg.space))
+    space.update(parse_space(items))
     check_space(space, job)
     check_search(cfg.search, cfg.scheduler, space)
     check_gate(cfg)

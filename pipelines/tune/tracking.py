@@ -178,7 +178,13 @@ def promote_best(*, model_name: str, trial_model_name: str, keys: dict[str, str]
             **{k: v for k, v in (source.tags or {}).items() if k in ("dataset_fingerprint", "git_commit", "phase")},
             "vidray_sweep": sweep, "vidray_trial_id": trial_id, "vidray_run_name": f"{sweep}.{trial_id}",
             "vidray_best_metric": metric, "vidray_best_value": repr(float(value))})
-        promoted, decision = legacy if legacy is not None else _judge(c, name, version, holder, gating, key)
+        if legacy is None:
+            promoted, decision, unscorable = _judge(c, name, version, holder, gating, key)
+            if unscorable:  # e.g. a detector: the suite scores embeddings; judged on the sweep's metric
+                promoted, fallback = gate(holder, metric=metric, mode=mode, value=value, fingerprint=fingerprint)
+                decision = f"{fallback} (on the sweep's {metric}: {decision})"
+        else:
+            promoted, decision = legacy
         c.set_model_version_tag(name, version.version, "vidray_best_decision", decision)
         if promoted:
             c.set_registered_model_alias(name, BEST_ALIAS, version.version)
@@ -186,14 +192,15 @@ def promote_best(*, model_name: str, trial_model_name: str, keys: dict[str, str]
     return out
 
 
-def _judge(c, name: str, version, holder, gating, key: str) -> tuple[bool, str]:
-    """:func:`pipelines.tune.gate.judge` on the new ``version``; its tags go on the version."""
+def _judge(c, name: str, version, holder, gating, key: str) -> tuple[bool, str, bool]:
+    """:func:`pipelines.tune.gate.judge` on the new ``version`` (its tags go on the version): promoted,
+    decision, and whether the version could not be scored on the suite at all."""
     from pipelines.tune.gate import judge
 
     verdict = judge(c, name, version, holder, gating.suites[key], repin=gating.repin, score_fn=gating.score_fn)
     for tag, text in verdict.tags.items():
         c.set_model_version_tag(name, version.version, tag, text)
-    return verdict.promoted, verdict.decision
+    return verdict.promoted, verdict.decision, verdict.unscorable
 
 
 def gate(holder, *, metric: str, mode: str, value: float, fingerprint: str) -> tuple[bool, str]:

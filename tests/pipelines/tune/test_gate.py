@@ -208,7 +208,8 @@ def test_the_pinned_suite_wins_over_the_proposed_one(registry, tmp_path, capsys)
     assert not broken["promoted"] and "cannot be read" in broken["decision"] and _best(name) == other["version"]
 
 
-def test_a_candidate_that_cannot_be_scored_is_not_promoted_and_pins_nothing(registry, tmp_path):
+def test_a_candidate_that_cannot_be_scored_is_judged_on_the_sweep_metric_and_pins_nothing(registry, tmp_path):
+    """E.g. a detector (no embedding to score): the gate falls back to the sweep's own metric and says so."""
     prefix, name = registry, f"{registry}-rgb"
     _register_trial(prefix, "t1", tmp_path)
     flow = make_suite(_write_manifest(tmp_path / "m"), modality="flow")
@@ -216,9 +217,11 @@ def test_a_candidate_that_cannot_be_scored_is_not_promoted_and_pins_nothing(regi
     out_real = tracking.promote_best(
         model_name=prefix, trial_model_name=f"{prefix}-t1", keys={"rgb": PHASE}, metric="val_top1", mode="max",
         value=1.0, sweep="s", trial_id="t1", gating=GateSettings({"rgb": flow}))
-    assert not out["promoted"] and "could not be scored" in out["decision"] and "no score for" in out["decision"]
-    assert not out_real[0]["promoted"] and "2-channel" in out_real[0]["decision"]
-    assert _best(name) is None and pinned_suite(tracking.client(), name) is None
+    assert out["promoted"] and "could not be scored" in out["decision"] and "no score for" in out["decision"]
+    assert out["decision"].startswith("no earlier holder of @best (on the sweep's val_top1: not promoted: v")
+    assert not out_real[0]["promoted"] and "2-channel" in out_real[0]["decision"]  # val_top1 1.0 < 50.0
+    assert "kept v" in out_real[0]["decision"]
+    assert _best(name) == out["version"] and pinned_suite(tracking.client(), name) is None
     assert SUITE_TAG not in tracking.client().get_registered_model(name).tags
 
 

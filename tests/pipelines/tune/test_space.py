@@ -59,3 +59,38 @@ def test_every_default_space_fits_its_method(method):
     spec = get_method(method)
     check_space(spec.sweep.space, spec.variants["debug"]())
     assert spec.sweep.mode in ("max", "min") and spec.sweep.metric
+
+
+NAMED = [(m, name, variant) for m, spec in sorted(METHODS.items()) if spec.sweep is not None
+         for name in spec.sweep.spaces for variant in spec.variants]
+
+
+@pytest.mark.parametrize("method,name,variant", NAMED)
+def test_every_value_of_every_named_space_builds_the_methods_phases(method, name, variant):
+    """Each value of a named space (the others at their first) gives a job whose phases and
+    recipes build: e.g. every prediction step of DPC's ablation fits each variant's blocks."""
+    spec = get_method(method)
+    space = spec.sweep.spaces[name]
+    base = spec.variants[variant]()
+    check_space(space, base)
+    first = {k: d.example() for k, d in space.items()}
+    for key, domain in space.items():
+        for value in (domain.values if isinstance(domain, Choice) else (domain.example(),)):
+            job = apply_trial(base, {**first, key: value})
+            for phase in spec.schedule(job, None):
+                spec.recipe(job, phase)
+
+
+def test_a_name_picks_the_methods_space_and_keys_edit_it():
+    from pipelines.tune.space import select_space
+
+    sweep = get_method("memdpc").sweep
+    space, rest = select_space("memdpc", sweep, ["ablation", "optim.lr=choice(0.1)"])
+    assert set(space) == {"schedule.pred_steps", "method.memory_size", "optim.lr", "optim.weight_decay"}
+    assert space["method.memory_size"] == Choice((512, 1024, 2048)) and rest == ["optim.lr=choice(0.1)"]
+    assert select_space("memdpc", sweep, ["default"])[0] == dict(sweep.space)
+    assert select_space("memdpc", sweep, [], use_default=False)[0] == {}
+    with pytest.raises(ConfigError, match="has no space 'nope'; its spaces: default, ablation"):
+        select_space("memdpc", sweep, ["nope"])
+    with pytest.raises(ConfigError, match="one space at a time"):
+        select_space("memdpc", sweep, ["default", "ablation"])

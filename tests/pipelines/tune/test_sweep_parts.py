@@ -183,3 +183,12 @@ def test_saved_settings_bring_the_search_back_on_resume(tmp_path):
     _save_settings(resolve(started))
     resumed = _settings(SweepConfig(method="supervised", overrides=(f"storage_path={tmp_path}",), resume=True))
     assert (resumed.search, resumed.seed, resumed.resume) == ("optuna", 3, True)
+
+
+def test_optuna_refuses_a_choice_among_sequences():
+    from pipelines.tune.search import check_search
+    from pipelines.tune.space import Choice
+
+    with pytest.raises(ConfigError, match="schedule.pred_steps chooses among sequences"):
+        check_search("optuna", "asha", {"schedule.pred_steps": Choice(((2,), (3,)))})
+    check_search("random", "asha", {"schedule.pred_steps": Choice(((2,), (3,)))})
