@@ -150,16 +150,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--data", help="folder holding (or to hold) debug/ucf101; default: a temporary one")
     p.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
-    args = p.parse_args(argv)
+    return run_private(p.parse_args(argv), argv, measure, "bench/tune.py")
+
+
+def run_private(args: argparse.Namespace, argv: list[str] | None, measure_fn, name: str) -> dict[str, Any]:
+    """``measure_fn(args, work)`` on an embedded cluster (``RAY_ADDRESS`` ignored) with a private MLflow
+    store in a temporary ``work`` folder, Ray's prints on stderr; prints and returns the JSON envelope."""
     os.environ.pop("RAY_ADDRESS", None)
     machine, load_start, started = common.machine_info(), load1(), time.time()
-    with tempfile.TemporaryDirectory(prefix="vidray-bench-tune-") as work:
+    with tempfile.TemporaryDirectory(prefix="vidray-bench-") as work:
         os.environ["VIDRAY_HOME"] = str(Path(work) / "home")  # a private MLflow store
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         with _stdout_to_stderr():
-            report = measure(args, Path(work))
-    command = "python bench/tune.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = common.envelope("bench/tune.py", command.strip(), "default", report, machine=machine,
+            report = measure_fn(args, Path(work))
+    command = f"python {name} " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = common.envelope(name, command.strip(), "default", report, machine=machine,
                           load_start=load_start, started=started)
     print(json.dumps(out, indent=2))
     log(f"done in {out['wall_s']} s")

@@ -23,10 +23,8 @@ close to 1 by construction; ``decode_ms_ratio`` is the figure that scales with t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,10 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pipelines  # noqa: E402,F401 - sets Ray's auth mode before machine_info imports ray
-from bench import common  # noqa: E402
-from bench.common import load1, log  # noqa: E402
+from bench.common import log  # noqa: E402
 from bench.cpu import CpuMeter  # noqa: E402
-from bench.tune import _sets, _stdout_to_stderr  # noqa: E402
+from bench.tune import _sets, run_private  # noqa: E402
 
 
 def sweep_arm(sets: list[str], name: str, trials: int, epochs: int, concurrent: int, cache: bool) -> dict[str, Any]:
@@ -96,21 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--concurrent", type=int, default=1, help="trials at a time")
     p.add_argument("--data", help="folder holding (or to hold) debug/ucf101; default: a temporary one")
     p.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
-    args = p.parse_args(argv)
-    os.environ.pop("RAY_ADDRESS", None)
-    machine, load_start, started = common.machine_info(), load1(), time.time()
-    with tempfile.TemporaryDirectory(prefix="vidray-bench-cache-") as work:
-        os.environ["VIDRAY_HOME"] = str(Path(work) / "home")  # a private MLflow store
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-        with _stdout_to_stderr():
-            report = measure(args, Path(work))
-    command = "python bench/tune_cache.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = common.envelope("bench/tune_cache.py", command.strip(), "default", report, machine=machine,
-                          load_start=load_start, started=started)
-    print(json.dumps(out, indent=2))
-    log(f"done in {out['wall_s']} s")
-    return out
-
+    return run_private(p.parse_args(argv), argv, measure, "bench/tune_cache.py")
 
 if __name__ == "__main__":
     main()
