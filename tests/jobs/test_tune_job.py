@@ -115,6 +115,11 @@ def test_sweep_killed_then_resumed_stops_early_and_registers_best(ray_cluster, m
     assert registry.main(["get", "tune-e2e-rgb@best", "--out", str(tmp_path / "best")]) == 0
     version = client().get_model_version_by_alias("tune-e2e-rgb", "best")
     assert version.tags["vidray_sweep"] == name and status[version.tags["vidray_trial_id"]] == "finished"
+    # the gate ran the real evaluation: the first holder of @best, its suite pinned on the model
+    assert version.tags["vidray_best_decision"].startswith("promoted: no holder of @best; retrieval R@1"), version.tags
+    assert 0.0 <= float(version.tags["vidray_gate_score"]) <= 100.0
+    suite = json.loads(client().get_registered_model("tune-e2e-rgb").tags["vidray_eval_suite"])
+    assert suite["protocol"] == "retrieval" and suite["fingerprint"] == version.tags["dataset_fingerprint"]
     assert json.loads((tmp_path / "runs" / f"{name}.sweep.json").read_text())["scheduler"] == "asha"
 
 

@@ -225,26 +225,6 @@ def test_a_candidate_that_cannot_be_scored_is_judged_on_the_sweep_metric_and_pin
     assert SUITE_TAG not in tracking.client().get_registered_model(name).tags
 
 
-def test_real_evaluation_on_a_tiny_set(ray_cluster, registry, tmp_path):
-    """Retrieval R@1 of a registered debug encoder on 8 synthetic videos (4 queries), through promote_best."""
-    from pipelines.prep.ingest import IngestConfig, run_ingest
-    from pipelines.prep.synthetic import generate, preset
-
-    generate(str(tmp_path / "src"), preset("tiny", groups=2, clips_per_group=1, multi_videos=1), workers=1,
-             progress=False)
-    assert run_ingest(IngestConfig(fmt="ucf101", src=str(tmp_path / "src" / "ucf101"),
-                                   dst=str(tmp_path / "ucf"))).quarantined == 0
-    prefix, name = registry, f"{registry}-rgb"
-    _register_trial(prefix, "t1", tmp_path)
-    suite = make_suite(str(tmp_path / "ucf"), debug_size=True)
-    (out,) = tracking.promote_best(model_name=prefix, trial_model_name=f"{prefix}-t1", keys={"rgb": PHASE},
-                                   metric="val_top1", mode="max", value=1.0, sweep="s", trial_id="t1",
-                                   gating=GateSettings({"rgb": suite}))
-    assert out["promoted"], out["decision"]
-    score = float(_tags(name, out["version"])["vidray_gate_score"])
-    assert score in (0.0, 25.0, 50.0, 75.0, 100.0)  # 4 test queries
-
-
 def test_judge_with_no_holder_reports_one_line(registry, tmp_path, capsys):
     prefix, name = registry, f"{registry}-rgb"
     _register_trial(prefix, "t1", tmp_path)
