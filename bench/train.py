@@ -166,14 +166,12 @@ def job_for(cfg: BenchConfig, manifest_dir: str):
 
 def with_clip_cache(job, cfg: BenchConfig):
     """``job`` reading its videos from a clip cache made now beside the dataset (``--set clip_cache=true``)."""
-    from pipelines.data.clip_cache import ClipCache, materialise
-    from pipelines.io import manifest
+    from pipelines.data.clip_cache import cache_dataset
 
-    table = manifest.read_manifest(job.data.manifest)
-    root = f"{job.data.manifest.rstrip('/')}-clip-cache/{manifest.fingerprint(table)}"
-    rows = [r for r in table.to_pylist() if r["split"] == job.data.split][:cfg.videos]
-    common.log(materialise(ClipCache(root), rows, budget_bytes=2**34, progress=common.log).line())
-    return dataclasses.replace(job, data=dataclasses.replace(job.data, clip_cache=root))
+    report = cache_dataset(job.data.manifest, f"{job.data.manifest.rstrip('/')}-clip-cache", split=job.data.split,
+                           limit=cfg.videos, budget_bytes=2**34, progress=common.log)
+    common.log(report.line())
+    return dataclasses.replace(job, data=dataclasses.replace(job.data, clip_cache=report.root))
 
 
 # --------------------------------------------------------------------------- report capture

@@ -7,7 +7,7 @@ samples are bit-identical, only the decode is skipped. Sweeps make their own cac
 (``jobs/tune.py``); this is for single runs that go over a dataset many times. Videos that
 do not decode are left out (the run quarantines them as usual); ``--gb`` bounds the size
 (videos in manifest order until the next would not fit). Exit status: 0, or 2 when the
-manifest cannot be read or its split has no videos.
+manifest is missing or its split has no videos.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.cluster import init_ray  # noqa: E402
-from pipelines.data.clip_cache import ClipCache, materialise  # noqa: E402
-from pipelines.io import manifest, storage  # noqa: E402
+from pipelines.data.clip_cache import cache_dataset  # noqa: E402
+from pipelines.io import manifest  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,26 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-flow", dest="flow", action="store_false", help="leave the flow videos out")
     p.add_argument("--gb", type=float, default=8.0, help="size limit (default 8)")
     args = p.parse_args(argv)
-    try:
-        table = manifest.read_manifest(args.manifest)
-    except Exception as exc:  # noqa: BLE001 - any unreadable manifest: say which and why
-        print(f"cache: cannot read the manifest {args.manifest}: {exc}", file=sys.stderr)
+    if not manifest.exists(args.manifest):
+        print(f"cache: no manifest at {args.manifest}: make one with jobs/ingest.py "
+              f"(or jobs/make_synthetic.py then jobs/ingest.py)", file=sys.stderr)
         return 2
-    rows = [r for r in table.to_pylist() if r["split"] == args.split][:args.limit]
-    if not rows:
-        where = (f"split {args.split!r} of {args.manifest} has no videos (its splits: "
-                 f"{', '.join(sorted(set(table.column('split').to_pylist())))})" if table.num_rows else
-                 f"no manifest with videos at {args.manifest}: make one with jobs/ingest.py "
-                 f"(or jobs/make_synthetic.py then jobs/ingest.py)")
-        print(f"cache: {where}", file=sys.stderr)
-        return 2
-    root = storage.join(args.out, manifest.fingerprint(table))
     init_ray()
-    report = materialise(ClipCache(root), rows, budget_bytes=int(args.gb * 2**30), flow=args.flow)
+    try:
+        report = cache_dataset(args.manifest, args.out, split=args.split, limit=args.limit,
+                               budget_bytes=int(args.gb * 2**30), flow=args.flow)
+    except ValueError as exc:  # an empty split
+        print(f"cache: {exc}", file=sys.stderr)
+        return 2
     print(report.line())
     for uri, reason in sorted(report.failed.items()):
         print(f"  not cached: {uri}: {reason}")
-    print(f"train on it with: --set data.clip_cache={root}")
+    print(f"train on it with: --set data.clip_cache={report.root}")
     return 0
 
 

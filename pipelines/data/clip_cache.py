@@ -189,10 +189,36 @@ def materialise(cache: ClipCache, rows: Sequence[dict[str, Any]], *, budget_byte
     return report
 
 
+def split_rows(table, split: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """The rows of ``split`` in manifest order, the first ``limit`` of them: what a pipeline of that
+    split and ``data.limit`` reads."""
+    return [r for r in table.to_pylist() if r["split"] == split][:limit]
+
+
+def cache_dataset(manifest_url: str, base: str, *, split: str, limit: int | None = None, budget_bytes: int,
+                  flow: bool = True, progress=print) -> CacheReport:
+    """Decode ``split`` of the manifest into ``base/<manifest fingerprint>`` (the report's ``root``),
+    reading the manifest once.
+
+    Raises:
+        ValueError: the split has no rows (the message lists the manifest's splits).
+    """
+    from pipelines.io import manifest
+
+    table = manifest.read_manifest(manifest_url)
+    rows = split_rows(table, split, limit)
+    if not rows:
+        splits = ", ".join(sorted(set(table.column("split").to_pylist()))) or "none: no manifest there?"
+        raise ValueError(f"split {split!r} of {manifest_url} has no videos (its splits: {splits})")
+    root = storage.join(base, manifest.fingerprint(table))
+    return materialise(ClipCache(root), rows, budget_bytes=budget_bytes, flow=flow, progress=progress)
+
+
 def local_root(url: str) -> bool:
     """Whether ``url`` is on this machine's filesystem (the cache's fast path)."""
     return storage.protocol(url) == "file"
 
 
-__all__ = ["CacheReport", "ClipCache", "Item", "cache_items", "items_of", "local_root", "materialise",
+__all__ = ["CacheReport", "ClipCache", "Item", "cache_dataset", "cache_items", "items_of", "local_root", "materialise",
+           "split_rows",
            "within_budget"]

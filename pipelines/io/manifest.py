@@ -106,11 +106,19 @@ def read_table(url: str, schema: pa.Schema) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
+def manifest_url(url: str) -> str:
+    """The manifest object of a dataset folder or ``.parquet`` URL."""
+    return url if url.endswith(".parquet") else storage.join(url, MANIFEST_NAME)
+
+
+def exists(url: str) -> bool:
+    """Whether a manifest is stored at ``url`` (an absent one reads as an empty table)."""
+    return storage.exists(manifest_url(url))
+
+
 def read_manifest(url: str) -> pa.Table:
     """The manifest at ``url`` (a ``.parquet`` URL, or a dataset folder holding one)."""
-    if not url.endswith(".parquet"):
-        url = storage.join(url, MANIFEST_NAME)
-    return read_table(url, MANIFEST_SCHEMA)
+    return read_table(manifest_url(url), MANIFEST_SCHEMA)
 
 
 def read_quarantine(url: str) -> pa.Table:

@@ -75,6 +75,13 @@ def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(url, **options)
 
 
+def absolute(url: str) -> str:
+    """A local path made absolute (so that it means the same in any working directory); URLs kept."""
+    if protocol(url) != "file" or os.path.isabs(url) or url.startswith("file://"):
+        return url
+    return os.path.abspath(url)
+
+
 def join(base: str, *parts: str) -> str:
     """Join URL or path segments with ``/`` (object stores have no other separator)."""
     out = base.rstrip("/") if base not in ("/", "") else base

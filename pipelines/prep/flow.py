@@ -312,9 +312,7 @@ def stored_flow(uri: str) -> tuple[int, dict[str, str]] | None:
 
 # --- the manifest's flow column --------------------------------------------------------------
 
-def manifest_url(url: str) -> str:
-    """The manifest object of a dataset folder or ``.parquet`` URL."""
-    return url if url.endswith(".parquet") else storage.join(url, manifest.MANIFEST_NAME)
+manifest_url = manifest.manifest_url
 
 
 def read_manifest_with_flow(url: str) -> pa.Table:

@@ -29,10 +29,6 @@ class DatasetNotReady(ValueError):
     """The dataset a job names cannot be trained on as it is; the message says how to fix it."""
 
 
-def _has_manifest(url: str) -> bool:
-    return storage.exists(url if url.endswith(".parquet") else storage.join(url, manifest.MANIFEST_NAME))
-
-
 def make_synthetic(url: str, preset_name: str, fmt: str = "ucf101") -> None:
     """Render the ``preset_name`` synthetic set beside ``url`` and ingest its ``fmt`` part at ``url``:
     ``ucf101`` (single-action clips) or ``charades`` (multi-action videos with segments). What
@@ -69,7 +65,7 @@ def ensure_dataset(data, recipes: Sequence) -> None:
         DatasetNotReady: no manifest, an empty split, or a required column missing (module docstring).
     """
     url, fmt = data.manifest, getattr(data, "format", "ucf101")
-    if not _has_manifest(url):
+    if not manifest.exists(url):
         if data.synthetic:
             make_synthetic(url, data.synthetic, fmt)
         else:

@@ -17,17 +17,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 
 from pipelines.config import add_config_args, resolve_config, save_config, to_dict
 from pipelines.io import storage
-
-
-def _absolute(url: str) -> str:
-    if storage.protocol(url) != "file" or os.path.isabs(url) or url.startswith("file://"):
-        return url
-    return os.path.abspath(url)
 
 
 def resolve_paths(job):
@@ -35,9 +28,9 @@ def resolve_paths(job):
     pretraining set) and ``storage_path`` as absolute local paths (URLs are kept)."""
     from pipelines.methods.spec import DataConfig
 
-    datasets = {f.name: dataclasses.replace(getattr(job, f.name), manifest=_absolute(getattr(job, f.name).manifest))
+    datasets = {f.name: dataclasses.replace(getattr(job, f.name), manifest=storage.absolute(getattr(job, f.name).manifest))
                 for f in dataclasses.fields(job) if isinstance(getattr(job, f.name), DataConfig)}
-    return dataclasses.replace(job, **datasets, storage_path=_absolute(job.storage_path))
+    return dataclasses.replace(job, **datasets, storage_path=storage.absolute(job.storage_path))
 
 
 def parser_for(method: str | None) -> argparse.ArgumentParser:

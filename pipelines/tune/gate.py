@@ -26,11 +26,11 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from typing import Any
 
 from pipelines.io import storage
+from pipelines.io.manifest import exists as manifest_exists
 
 SUITE_TAG = "vidray_eval_suite"            # on the registered model: the pinned suite's JSON
 SCORE_TAG = "vidray_gate_score."           # + suite_id, on every version scored on that suite
@@ -145,7 +145,7 @@ def check_gate(cfg: Any) -> None:
         raise ConfigError(f"{', '.join(given)} set(s) the evaluation gate that --no-gate turns off")
     if cfg.gate_protocol is not None and cfg.gate_protocol not in METRICS:
         raise ConfigError(f"--gate-protocol must be one of {', '.join(METRICS)}, got {cfg.gate_protocol!r}")
-    if cfg.gate_manifest and not manifest_exists(absolute(cfg.gate_manifest)):
+    if cfg.gate_manifest and not manifest_exists(storage.absolute(cfg.gate_manifest)):
         raise ConfigError(f"--gate-manifest {cfg.gate_manifest}: no manifest there (jobs/ingest.py makes one)")
 
 
@@ -156,23 +156,9 @@ def manifest_fingerprint(url: str) -> str:
     return manifest.fingerprint(manifest.read_manifest(url))
 
 
-def manifest_exists(url: str) -> bool:
-    """Whether a manifest is stored at ``url`` (an absent one would read as empty)."""
-    from pipelines.io.manifest import MANIFEST_NAME
-
-    return storage.exists(url if url.endswith(".parquet") else storage.join(url, MANIFEST_NAME))
-
-
-def absolute(url: str) -> str:
-    """A local path made absolute (a suite must not depend on the working directory); URLs kept."""
-    if storage.protocol(url) != "file" or os.path.isabs(url) or url.startswith("file://"):
-        return url
-    return os.path.abspath(url)
-
-
 def make_suite(manifest: str, **fields: Any) -> EvalSuite:
     """An :class:`EvalSuite` on ``manifest`` with its current fingerprint and ``fields``."""
-    url = absolute(manifest)
+    url = storage.absolute(manifest)
     return EvalSuite(manifest=url, fingerprint=manifest_fingerprint(url), **fields)
 
 
@@ -185,7 +171,7 @@ def sweep_suites(job: Any, spec: Any, phases: list, *, manifest: str | None = No
     clips the key's last phase trains on, and 2 windows x 1 crop per video.
     """
     protocol = protocol or next((p for p in ("retrieval", "linear") if p in spec.eval_protocols), "retrieval")
-    url = absolute(manifest or job.data.manifest)
+    url = storage.absolute(manifest or job.data.manifest)
     fingerprint = manifest_fingerprint(url)
     suites = {}
     for phase in phases:
