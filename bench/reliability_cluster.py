@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-from pipelines.cluster import (
+from pipelines.local_head import (
     LocalHead,
     _alive,
     _descendants,

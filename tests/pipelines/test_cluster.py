@@ -12,15 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cluster import (
-    LocalHead,
-    PortInUseError,
-    _descendants,
-    _processes,
-    _submit_streaming,
-    is_progress_bar,
-    ray_job_submit,
-)
+from pipelines.cluster import _submit_streaming, is_progress_bar, ray_job_submit
+from pipelines.local_head import LocalHead, PortInUseError, _descendants, _processes
 
 
 def _job_list(head: LocalHead) -> subprocess.CompletedProcess:
