@@ -38,6 +38,7 @@ class CpuMeter:
         self.driver = psutil.Process()
         self.first: dict[tuple[int, float], float] = {}
         self.last: dict[tuple[int, float], tuple[str, float]] = {}
+        self.names: dict[tuple[int, float], str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-cpu-meter", daemon=True)
 
@@ -60,6 +61,8 @@ class CpuMeter:
                 continue
             self.first.setdefault(key, cpu if baseline else 0.0)
             self.last[key] = (group, cpu)
+            if key not in self.names:
+                self.names[key] = _name(proc)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -79,3 +82,26 @@ class CpuMeter:
         """CPU seconds of the driver and ``group`` during the measurement."""
         return sum(cpu - self.first.get(key, 0.0) for key, (g, cpu) in self.last.items()
                    if g in ("driver", group))
+
+    def by_process(self, group: str, top: int = 8) -> dict[str, float]:
+        """CPU seconds of the driver's and ``group``'s processes during the measurement, the largest
+        first (name: Ray's process title, e.g. ``ray::IDLE`` for a decode worker, or the command)."""
+        spent: dict[str, float] = {}
+        for key, (g, cpu) in self.last.items():
+            if g in ("driver", group):
+                name = f"{self.names.get(key, '?')} [{key[0]}]"
+                spent[name] = round(cpu - self.first.get(key, 0.0), 3)
+        return dict(sorted(spent.items(), key=lambda kv: -kv[1])[:top])
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        words = proc.cmdline()
+    except psutil.Error:
+        return "?"
+    if not words:
+        return proc.name()
+    if words[0].startswith("ray::"):
+        return words[0]
+    script = next((w for w in words[1:] if w.endswith(".py") or "/" in w), words[0])
+    return script.rsplit("/", 1)[-1][:40]

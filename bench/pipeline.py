@@ -162,14 +162,15 @@ def timed(fn: Callable[[], int], group: str) -> dict[str, float]:
     seconds, cpu = time.perf_counter() - start, meter.seconds(group)
     return {"clips": clips, "seconds": round(seconds, 2), "clips_per_s": round(clips / seconds, 2),
             "cpu_s": round(cpu, 2), "cpu_ms_per_clip": round(1000 * cpu / max(1, clips), 2),
-            "cores_busy": round(cpu / seconds, 2), "load_before": before, "load_after": load1()}
+            "cores_busy": round(cpu / seconds, 2), "load_before": before, "load_after": load1(),
+            "cpu_s_by_process": meter.by_process(group)}
 
 
 def _runners(cfg: BenchConfig, manifest_dir: str, rcfg: recipes.RecipeConfig, items: list[dict], epochs: int):
     """``({name: fn(epochs) -> clips}, closers, ray runner)`` over the same samples."""
     plans = plan(items, rcfg, cfg.seed, range(0, epochs + 1))
-    keys = {e: [(e, int(i)) for i in sample_order(len(items), cfg.seed, rcfg.shuffle)] for e in plans}
-    pool, loader, ray_runner = WorkerPool(cfg.cores), Loader(cfg, items, rcfg), RayRunner(cfg, manifest_dir, rcfg)
+    keys = {e: [(e, int(i)) for i in sample_order(len(items), cfg.seed, rcfg.shuffle, e)] for e in plans}
+    pool, loader, ray_runner = WorkerPool(cfg.cores), Loader(cfg, items, rcfg), RayRunner(cfg, manifest_dir, rcfg, epochs)
     decode = DecodeChunk(cfg.backend, media_of(items))
     make = SampleChunk(ClipDataset(items, rcfg, cfg.seed, cfg.backend))
     runs = {"raw": lambda es: pool.run(decode, [s for e in es for s in plans[e]]),

@@ -12,6 +12,7 @@ the same variables from the pipeline's runtime env.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 import os
 from typing import Any, Callable, Iterable
@@ -28,12 +29,15 @@ from pipelines.io.video import read_frames
 Sample = list[tuple[str, np.ndarray]]  # the reads of one sample: (uri, frame indices) per file
 Media = dict[str, tuple[str | None, tuple | None]]  # uri -> (codec, (H, W)) from the manifest
 SPLIT = "train"
-ORDER_EPOCH = 0  # the pipeline is built once, at epoch 0: its sample order is that epoch's permutation
+ORDER_EPOCH = 0  # the warm-up epoch (the per-epoch build's order is drawn at this epoch)
 
 
-def sample_order(n: int, seed: int, shuffle: bool) -> np.ndarray:
-    """The pipeline's sample order (the permutation ``build_pipeline`` draws when it is built)."""
-    return np.random.default_rng([seed, ORDER_EPOCH]).permutation(n) if shuffle else np.arange(n)
+def sample_order(n: int, seed: int, shuffle: bool, epoch: int) -> np.ndarray:
+    """The pipeline's sample order of ``epoch``: the epoch-spanning dataset's (a per-epoch build keeps
+    its build epoch's, :data:`ORDER_EPOCH`)."""
+    from pipelines.data.tasks import epoch_order
+
+    return epoch_order(n, seed, epoch, shuffle)
 
 
 def items_of(manifest_dir: str, rcfg: recipes.RecipeConfig, limit: int) -> list[dict]:
@@ -70,7 +74,7 @@ def sample_reads(item: dict, rcfg: recipes.RecipeConfig, seed: int, epoch: int) 
 
 def plan(items: list[dict], rcfg: recipes.RecipeConfig, seed: int, epochs: Iterable[int]) -> dict[int, list[Sample]]:
     """``{epoch: [reads of each sample, in pipeline order]}``."""
-    return {e: [sample_reads(items[i], rcfg, seed, e) for i in sample_order(len(items), seed, rcfg.shuffle)]
+    return {e: [sample_reads(items[i], rcfg, seed, e) for i in sample_order(len(items), seed, rcfg.shuffle, e)]
             for e in epochs}
 
 
@@ -156,7 +160,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
 
     def __iter__(self):
-        return iter([(self.epoch, int(i)) for i in sample_order(self.n, self.seed, self.shuffle)])
+        return iter([(self.epoch, int(i)) for i in sample_order(self.n, self.seed, self.shuffle, self.epoch)])
 
     def __len__(self) -> int:
         return self.n
@@ -186,37 +190,52 @@ class Loader:
 
 
 class RayRunner:
-    """The pipeline built once with an epoch clock (as training does), drained once per epoch.
+    """The pipeline as training builds it: built once, with an epoch clock, its measured epochs drawn
+    in one execution (``LoaderOptions.span_epochs``) and taken epoch by epoch from an
+    :class:`~pipelines.data.epochs.EpochStream`; the warm-up (epoch 0) is a per-epoch build.
 
     ``stages`` sums the telemetry columns of every measured batch (decode, augment, Arrow ms).
     """
 
-    def __init__(self, cfg, manifest_dir: str, rcfg: recipes.RecipeConfig) -> None:
+    def __init__(self, cfg, manifest_dir: str, rcfg: recipes.RecipeConfig, epochs: int) -> None:
         from pipelines.data.dataset import LoaderOptions, build_pipeline
         from pipelines.train.runtime import epoch_clock
 
         self.clock_name = f"vidray-bench-pipeline-{os.getpid()}-{rcfg.name}"
         self.clock = epoch_clock(self.clock_name, ORDER_EPOCH)
         options = LoaderOptions(strings=False, rows_per_task=cfg.rows_per_task, backend=cfg.backend)
-        self.pipe = build_pipeline(manifest_dir, rcfg, SPLIT, seed=cfg.seed, epoch=self.clock, limit=cfg.videos,
-                                   options=options)
+        build = functools.partial(build_pipeline, manifest_dir, rcfg, SPLIT, seed=cfg.seed, epoch=self.clock,
+                                  limit=cfg.videos)
+        self.warm = build(options=options)
+        self.pipe = build(options=dataclasses.replace(options, span_epochs=epochs, total_epochs=epochs + 1))
         self.batch_size, self.key = cfg.batch_size, first_clip_column(rcfg)
         self.rows_per_task = self.pipe.rows_per_task
         self.stages = telemetry.StageTotals()
 
-    def run(self, epochs: Iterable[int]) -> int:
-        """Drain the dataset once per epoch; raises if a sample went missing."""
+    def _set_epoch(self, epoch: int) -> None:
         import ray
 
-        clips = 0
-        for epoch in epochs:
-            ray.get(self.clock.set.remote(epoch))
-            got = sum(self.stages.take(batch)[self.key].shape[0]
-                      for batch in self.pipe.dataset.iter_torch_batches(batch_size=self.batch_size))
-            if not self.pipe.accounting(got)["balanced"] or got != len(self.pipe.inputs):
-                raise RuntimeError(f"epoch {epoch}: {self.pipe.accounting(got)}")
-            clips += got
-        return clips
+        ray.get(self.clock.set.remote(epoch))
+
+    def run(self, epochs: Iterable[int]) -> int:
+        """The samples of ``epochs`` (one execution for the measured ones); raises if one went missing."""
+        from pipelines.data.epochs import EpochStream
+
+        epochs = list(epochs)
+        if epochs == [ORDER_EPOCH]:  # the warm-up
+            self._set_epoch(ORDER_EPOCH)
+            return self._check(ORDER_EPOCH, self.warm, sum(
+                self.stages.take(b)[self.key].shape[0] for b in self.warm.dataset.iter_torch_batches(
+                    batch_size=self.batch_size)))
+        stream = EpochStream(self.pipe.dataset, self.batch_size, start=self._set_epoch, drop_last=False)
+        return sum(self._check(e, self.pipe, sum(self.stages.take(b)[self.key].shape[0]
+                                                 for b in stream.batches(e))) for e in epochs)
+
+    @staticmethod
+    def _check(epoch: int, pipe, got: int) -> int:
+        if not pipe.accounting(got)["balanced"] or got != len(pipe.inputs):
+            raise RuntimeError(f"epoch {epoch}: {pipe.accounting(got)}")
+        return got
 
     def close(self) -> None:
         import ray

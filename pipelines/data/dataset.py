@@ -27,7 +27,23 @@ drawn from ``(seed, e)`` at build time, and block boundaries are kept in order, 
 same ``(seed, epoch)`` gives identical batches and another epoch gives new clips and
 augmentations. A run builds its dataset once: a trainer passes an epoch-clock actor as
 ``epoch`` (:func:`pipelines.train.runtime.epoch_clock`), read by every task, so each
-re-execution of the same Dataset draws that epoch's clips (in the build-time order).
+re-execution of the same Dataset draws that epoch's clips (in the build-time order; an
+epoch-spanning dataset, below, draws each epoch's order).
+
+Epoch-spanning datasets (``LoaderOptions(span_epochs=K, total_epochs=E)``, what training
+builds: ``data.epochs_per_execution``). Ray Data pays a fixed cost per execution: starting
+it, a scheduling loop that submits and collects tasks on a 0.1 s cadence, a ramp at the
+start and a tail at the end in which CPUs idle. Re-executed every epoch, that cost is paid
+every epoch; with small epochs it dominates (``bench/RESULTS.md``). An epoch-spanning
+dataset holds ``K * n`` slots (``n`` items) in blocks of ``rows_per_task`` consecutive slots,
+sized from all ``K * n``: slot ``f`` is place ``f % n`` of epoch ``base + f // n``, where
+``base`` is the epoch clock's value when the execution starts, and each epoch has its own
+order, drawn from ``(seed, epoch)`` in the task (:func:`~pipelines.data.tasks.span_stage`).
+So one execution gives ``K`` epochs, each sample with its ``epoch`` column, the next epoch's
+first blocks decode while the current one's last batches train, and a resumed run starts
+its execution at the resumed epoch. Epochs from ``E`` on give no samples. The consumer is
+:class:`~pipelines.data.epochs.EpochStream` (batches of one epoch at a time, the same count
+on every worker). Sample ``i`` of epoch ``e`` is the same sample as in a per-epoch build.
 
 Decode failures: skipped and counted, never replaced. A video whose decode fails
 (:class:`~pipelines.io.probe.MediaError`, e.g. ``DecodeError`` kinds ``corrupt``,
@@ -81,7 +97,7 @@ from pipelines.data import recipes
 from pipelines.data.ledger import DEFAULT_LEDGER, QuarantineLedger, get_ledger, write_quarantine
 from pipelines.data.recipes import RecipeConfig
 from pipelines.data.recipes.base import with_canvas
-from pipelines.data.tasks import DecodeTimeout, batch_stage, current_epoch, sample_stage
+from pipelines.data.tasks import DecodeTimeout, batch_stage, current_epoch, epoch_order, sample_stage, span_stage
 from pipelines.data.workers import ray_runtime_env
 from pipelines.io import manifest
 from pipelines.prep.ingest import quarantine_row
@@ -111,6 +127,10 @@ class LoaderOptions:
         reader: ``(uri, indices) -> uint8 (T, H, W, 3)``; default ``read_frames`` (a test hook).
         clip_cache: folder of a :class:`~pipelines.data.clip_cache.ClipCache` (decoded videos,
             e.g. a sweep's): reads of cached videos are served from it, the rest decode.
+        span_epochs: one execution of the dataset draws this many consecutive epochs, from the
+            epoch clock's value when it starts (module docstring, "Epoch-spanning datasets");
+            ``None``: one epoch per execution.
+        total_epochs: with ``span_epochs``, the run's epochs: later epochs give no samples.
     """
 
     rows_per_task: int | None = None
@@ -123,6 +143,8 @@ class LoaderOptions:
     telemetry: bool = True
     reader: Callable[[str, np.ndarray], np.ndarray] | None = None
     clip_cache: str | None = None
+    span_epochs: int | None = None
+    total_epochs: int | None = None
 
 
 def auto_rows_per_task(n_rows: int, cpus: float) -> int:
@@ -148,6 +170,7 @@ class VideoPipeline:
     ledger: Any
     manifest_url: str
     rows_per_task: int = 0     # rows per decode task (block) this build chose
+    span_epochs: int | None = None  # epochs per execution (an epoch-spanning dataset), else None
 
     def quarantined(self) -> pa.Table:
         """This run's quarantine records (build-time exclusions and decode failures)."""
@@ -233,13 +256,22 @@ def _stages(items: list[dict], rows_per_task: int, cfg: RecipeConfig, options: L
     ``drop_columns`` would be one more task per block, as it cannot fuse with a stage that
     has a runtime env.
     """
-    ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / rows_per_task)))
-    _configure(ds.context)
     remote = dict(num_cpus=options.num_cpus, runtime_env=ray_runtime_env())
     stage = cfg.batch_stage(task_kwargs["num_classes"])
     drop = [] if options.strings else recipes.string_columns(cfg, task_kwargs["num_classes"])
-    ds = ds.map_batches(sample_stage, batch_size=None, batch_format="numpy",
-                        fn_kwargs=dict(cfg=cfg, options=options, drop=[] if stage else drop, **task_kwargs), **remote)
+    kwargs = dict(cfg=cfg, options=options, drop=[] if stage else drop, **task_kwargs)
+    if options.span_epochs:
+        slots = len(items) * options.span_epochs
+        ranges = [(j, min(j + rows_per_task, slots)) for j in range(0, slots, rows_per_task)]
+        ds = ray.data.from_items([dict(start=j, stop=s) for j, s in ranges], override_num_blocks=len(ranges))
+        _configure(ds.context)
+        ds = ds.map_batches(span_stage, batch_size=None, batch_format="numpy", fn_kwargs=dict(
+            items=ray.put(items), total_epochs=options.total_epochs or options.span_epochs, shuffle=cfg.shuffle,
+            **kwargs), **remote)
+    else:
+        ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / rows_per_task)))
+        _configure(ds.context)
+        ds = ds.map_batches(sample_stage, batch_size=None, batch_format="numpy", fn_kwargs=kwargs, **remote)
     if stage is not None:
         ds = ds.map_batches(batch_stage, batch_size=stage.batch_size, batch_format="numpy",
                             fn_kwargs=dict(fn=stage.fn, kwargs=stage.kwargs, seed=task_kwargs["seed"],
@@ -271,10 +303,10 @@ def build_pipeline(manifest_url: str, recipe: str | RecipeConfig, split: str, *,
         num_classes = infer_num_classes(table)
     items, excluded, inputs = _items(table, cfg, split, limit)
     cfg = with_canvas(cfg, [r["height"] for r in items], [r["width"] for r in items])  # device-mode augmentation
-    rows_per_task = options.rows_per_task or auto_rows_per_task(len(items), ray.cluster_resources().get("CPU", 1))
-    if cfg.shuffle:
-        order = np.random.default_rng([seed, current_epoch(epoch)]).permutation(len(items))
-        items = [items[i] for i in order]
+    rows_per_task = options.rows_per_task or auto_rows_per_task(  # an execution's rows: every epoch it spans
+        len(items) * (options.span_epochs or 1), ray.cluster_resources().get("CPU", 1))
+    if cfg.shuffle and not options.span_epochs:
+        items = [items[i] for i in epoch_order(len(items), seed, current_epoch(epoch), True)]
     run, ledger = uuid.uuid4().hex, get_ledger(options.ledger_name)
     ray.get(ledger.exclude.remote(run, excluded))
     if excluded:
@@ -282,7 +314,10 @@ def build_pipeline(manifest_url: str, recipe: str | RecipeConfig, split: str, *,
                     len(inputs), cfg.name, dict(Counter(r["kind"] for r in excluded)))
     ds = _stages(items, rows_per_task, cfg, options, dict(seed=seed, epoch=epoch, num_classes=num_classes,
                                                           run=run, ledger=ledger))
-    return VideoPipeline(ds, cfg, split, num_classes, inputs, run, ledger, manifest_url, rows_per_task)
+    if options.span_epochs:
+        log.info("%s: %d epochs per execution, in blocks of %d rows", cfg.name, options.span_epochs, rows_per_task)
+    return VideoPipeline(ds, cfg, split, num_classes, inputs, run, ledger, manifest_url, rows_per_task,
+                         options.span_epochs)
 
 
 def build_dataset(manifest_url: str, recipe: str | RecipeConfig, split: str, *, seed: int = 0, epoch: int = 0,

@@ -205,11 +205,12 @@ def _exit_if_stuck(block: _Block, limit: int) -> None:
     os._exit(70)  # the retried task skips the recorded videos
 
 
-def _output(samples: list[dict], cfg: RecipeConfig, num_classes: int | None, timed: bool, drop: Sequence[str]):
-    """The block without the ``drop`` columns: numpy columns, or (``timed``) an Arrow table with
-    ``t_arrow_ms`` measured."""
+def _output(samples: list[dict], cfg: RecipeConfig, num_classes: int | None, timed: bool, drop: Sequence[str],
+            extra: dict[str, tuple[str, tuple]] | None = None):
+    """The block without the ``drop`` columns, with the ``extra`` ones: numpy columns, or (``timed``)
+    an Arrow table with ``t_arrow_ms`` measured."""
     schema = recipes.batch_schema(cfg, num_classes, with_stage=False)  # the batch stage adds its own
-    schema = {k: v for k, v in schema.items() if k not in drop}
+    schema = {**{k: v for k, v in schema.items() if k not in drop}, **(extra or {})}
     if not timed:
         return _stack(samples, schema)
     import pyarrow as pa
@@ -217,7 +218,12 @@ def _output(samples: list[dict], cfg: RecipeConfig, num_classes: int | None, tim
 
     start = time.perf_counter()
     columns = {k: v for k, v in telemetry.COLUMNS.items() if k != "t_arrow_ms"}
-    table = BlockAccessor.batch_to_block(_stack(samples, {**schema, **columns}))
+    if samples:
+        table = BlockAccessor.batch_to_block(_stack(samples, {**schema, **columns}))
+    else:  # a zero-row tensor column does not convert to Arrow's tensor type: slice a one-row block
+        one = {k: np.zeros((1, *shape), object if dtype == "string" else dtype)
+               for k, (dtype, shape) in {**schema, **columns}.items()}
+        table = BlockAccessor.batch_to_block(one).slice(0, 0)
     per_row = 1000 * (time.perf_counter() - start) / max(1, len(samples))
     return table.append_column("t_arrow_ms", pa.array(np.full(len(samples), per_row, np.float32)))
 
@@ -230,8 +236,63 @@ def sample_stage(batch: dict[str, np.ndarray], *, cfg: RecipeConfig, seed: int, 
     epoch = current_epoch(epoch)
     rows = [{k: (v[i].item() if isinstance(v[i], np.generic) else v[i]) for k, v in batch.items()}
             for i in range(len(batch["video_id"]))]
+    samples = _samples(rows, epoch, block_key(rows), cfg=cfg, seed=seed, num_classes=num_classes, run=run,
+                       ledger=ledger, options=options)
+    return _output(samples, cfg, num_classes, options.telemetry, drop)
+
+
+def span_stage(batch: dict[str, np.ndarray], *, items, total_epochs: int, shuffle: bool, cfg: RecipeConfig,
+               seed: int, epoch, num_classes: int | None, run: str, ledger, options, drop: Sequence[str] = ()):
+    """Ray ``map_batches`` stage of an epoch-spanning dataset: slot ranges in, samples out.
+
+    A descriptor ``(start, stop)`` is a range of the execution's slots: slot ``f`` is place
+    ``f % n`` of epoch ``base + f // n`` (``n`` items, ``base`` the epoch clock's value, read
+    once per task; the loop sets it before each execution), so a block may end one epoch and
+    begin the next. Place ``j`` of epoch ``e`` is item ``order_e[j]``, ``order_e`` the
+    permutation drawn from ``(seed, e)`` (``shuffle``) or the manifest order. Epochs from
+    ``total_epochs`` on give no samples. Every sample gets its ``epoch``.
+    """
+    init_decode_worker()
+    base, items = current_epoch(epoch), _items_of(items)
+    n, samples = len(items), []
+    for start, stop in zip(batch["start"].tolist(), batch["stop"].tolist()):
+        for k in range(start // n, (stop - 1) // n + 1):
+            e = base + k
+            if e >= total_epochs:
+                break
+            places = epoch_order(n, seed, e, shuffle)[max(start - k * n, 0):min(stop - k * n, n)]
+            rows = [items[i] for i in places]
+            samples += [{**s, "epoch": e} for s in _samples(
+                rows, e, f"{block_key(rows)}@{e}", cfg=cfg, seed=seed, num_classes=num_classes, run=run,
+                ledger=ledger, options=options)]
+    return _output(samples, cfg, num_classes, options.telemetry, drop, extra={"epoch": ("int64", ())})
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The sample order of ``epoch``: a permutation drawn from ``(seed, epoch)``, or ``0..n-1``."""
+    return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+
+
+_ITEMS: dict[str, list[dict]] = {}  # this worker process's item lists, by object ref
+
+
+def _items_of(ref) -> list[dict]:
+    """The item rows behind ``ref`` (a ``ray.put`` list), fetched once per worker process."""
+    import ray
+
+    if not isinstance(ref, ray.ObjectRef):
+        return ref
+    key = ref.hex()
+    if key not in _ITEMS:
+        _ITEMS.clear()  # one run's list at a time
+        _ITEMS[key] = ray.get(ref)
+    return _ITEMS[key]
+
+
+def _samples(rows: list[dict], epoch: int, key: str, *, cfg: RecipeConfig, seed: int, num_classes: int | None,
+             run: str, ledger, options) -> list[dict]:
+    """The samples of one block of item rows of ``epoch``; the ledger is told when it begins and ends."""
     client = LedgerClient(ledger)
-    key = block_key(rows)
     uris = sorted({r["uri"] for r in rows} | {r["flow_uri"] for r in rows if r.get("flow_uri")})
     per_read, bad = client.begin_block(run, key, uris)
     block = _Block(client, run, key, per_read, frozenset(bad))
@@ -242,13 +303,16 @@ def sample_stage(batch: dict[str, np.ndarray], *, cfg: RecipeConfig, seed: int, 
 
     samples = [s for s in (_one_sample(row, block, read, make, options) for row in rows) if s is not None]
     client.end_block(run, key, block.failed, block.skipped)
-    return _output(samples, cfg, num_classes, options.telemetry, drop)
+    return samples
 
 
 def batch_stage(batch: dict[str, np.ndarray], *, fn, kwargs: dict, seed: int, epoch,
                 drop: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Ray ``map_batches`` stage around a recipe's :class:`~pipelines.data.recipes.BatchStage`
-    function (e.g. volume augmentation), reading the current epoch; the ``drop`` columns are left out."""
+    function (e.g. volume augmentation), reading the current epoch (in an epoch-spanning dataset,
+    the epoch of the batch's first row); the ``drop`` columns are left out."""
     init_decode_worker()
+    if "epoch" in batch and len(batch["epoch"]):  # an epoch-spanning dataset: the rows' own epoch
+        epoch = int(batch["epoch"][0])
     out = fn(batch, seed=seed, epoch=current_epoch(epoch), **kwargs)
     return {k: v for k, v in out.items() if k not in drop}

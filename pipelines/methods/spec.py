@@ -48,6 +48,10 @@ class DataConfig:
             clips) or ``charades`` (multi-action videos with segments).
         clip_cache: folder of decoded videos (:mod:`pipelines.data.clip_cache`) that reads are
             served from; a sweep sets it for its trials (``jobs/tune.py --clip-cache``).
+        epochs_per_execution: epochs one Ray Data execution draws (:mod:`pipelines.data.epochs`):
+            the executor's start and ramp are paid once per this many epochs, and the next
+            epoch's first blocks decode while this one's last batches train; 1 re-executes
+            the dataset every epoch.
     """
 
     manifest: str = "data/ucf101"
@@ -59,6 +63,11 @@ class DataConfig:
     synthetic: str | None = None
     format: str = "ucf101"
     clip_cache: str | None = None
+    epochs_per_execution: int = 8
+
+    def __post_init__(self) -> None:
+        if self.epochs_per_execution < 1:
+            raise ValueError(f"data.epochs_per_execution must be >= 1, got {self.epochs_per_execution}")
 
 
 @dataclasses.dataclass

@@ -6,7 +6,9 @@ A method is any ``nn.Module`` whose ``forward(batch)`` returns ``{"loss": scalar
 1. :func:`setup` builds the method (``TrainTask.build_method``), its parameter groups
    and optimiser, the per-step LR schedule, restores the latest checkpoint, and wraps the
    model for DDP when there is more than one worker;
-2. :func:`run_epoch` iterates the worker's dataset shard (``iter_torch_batches``); uint8
+2. :func:`run_epoch` iterates the worker's dataset shard (``iter_torch_batches``), or takes the
+   epoch's batches from an :class:`~pipelines.data.epochs.EpochStream` over an epoch-spanning
+   shard (one Ray Data execution for several epochs, all workers taking as many batches); uint8
    batches are normalised on the device by the recipe's declared video columns
    (:mod:`pipelines.data.normalize`, so Arrow moves 4x fewer bytes); :func:`train_step`
    runs forward (bf16 autocast on CUDA) and backward, accumulating gradients over
@@ -67,6 +69,7 @@ import torch
 from torch import nn
 
 from pipelines.data import telemetry
+from pipelines.data.epochs import epoch_batches
 from pipelines.data.normalize import normalize_batch
 from pipelines.train.checkpoint import load_checkpoint_state, rng_state, save_state, set_rng_state
 from pipelines.train.optim import OptimConfig, lr_factor, make_optimizer, param_groups
@@ -102,6 +105,8 @@ class TrainTask:
             eval mode: ``(method, epoch, device) -> {metric: value}``, logged as ``val/...``.
         tracking: ``experiment``, ``run_name``, ``uri`` of the MLflow run the driver opened.
         epoch_clock: name of the epoch-clock actor the data pipeline reads.
+        epochs_span: the dataset is epoch-spanning (``LoaderOptions.span_epochs``): a worker
+            reads its epochs from one :class:`~pipelines.data.epochs.EpochStream`.
         sink: ``"train"`` or ``"tune"`` (module docstring).
         device_plan: the recipe's ``device_plan()`` when it augments on the training device
             (``augment_on="device"``): each batch is augmented there before normalisation.
@@ -117,6 +122,7 @@ class TrainTask:
     validate: Validator | None = None
     tracking: dict | None = None
     epoch_clock: str | None = None
+    epochs_span: bool = False
     sink: str = "train"
     device_plan: dict | None = None
     crop_size: int = 0
@@ -273,7 +279,7 @@ def run_epoch(state: WorkerState, task: TrainTask, shard, sink, logger) -> Epoch
     batches its steps already consumed (module docstring, "Resuming").
     """
     loop, stats = task.loop, EpochStats()
-    batches = iter(shard.iter_torch_batches(batch_size=loop.batch_size, drop_last=True))
+    batches = epoch_batches(shard, state.epoch, loop.batch_size)
     skip_consumed(state, task, batches)
     t_mark = time.perf_counter()
     for batch in batches:

@@ -74,12 +74,16 @@ def fetch_encoder(job, phase: str, key: str, dst: str) -> dict[str, torch.Tensor
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _pipeline(data, recipe_cfg, *, epoch, limit=None, strings=False):
+def _pipeline(data, recipe_cfg, *, epoch, limit=None, strings=False, epochs: int | None = None):
+    """The phase's pipeline; with ``epochs`` (the phase's), one execution spans
+    ``data.epochs_per_execution`` of them (:mod:`pipelines.data.epochs`)."""
     from pipelines.data.dataset import LoaderOptions, build_pipeline
 
+    span = min(epochs, data.epochs_per_execution) if epochs else None
     return build_pipeline(data.manifest, recipe_cfg, data.split, seed=data.seed, epoch=epoch,
                           limit=limit or data.limit,
-                          options=LoaderOptions(strings=strings, clip_cache=data.clip_cache))
+                          options=LoaderOptions(strings=strings, clip_cache=data.clip_cache, span_epochs=span,
+                                                total_epochs=epochs if span else None))
 
 
 def _preview(data, recipe_cfg, logger) -> None:
@@ -115,7 +119,7 @@ def run_phase(spec: MethodSpec, job, phase: Phase, parent_run_id: str | None, fi
     data = phase_data(job, phase)
     if data is not job.data:
         fingerprint = manifest.fingerprint(manifest.read_manifest(data.manifest))
-    pipe = _pipeline(data, recipe_cfg, epoch=clock)
+    pipe = _pipeline(data, recipe_cfg, epoch=clock, epochs=phase.epochs)
     videos = len(pipe.inputs) - pipe.quarantined().num_rows  # known-bad rows are excluded up front
     per_step = job.loop.batch_size * job.scaling.num_workers * max(1, job.loop.accumulate_steps)
     tags = {"dataset_fingerprint": fingerprint, "phase": phase.name, "vidray_method": spec.name,
@@ -134,7 +138,8 @@ def run_phase(spec: MethodSpec, job, phase: Phase, parent_run_id: str | None, fi
                          steps_per_epoch=max(1, math.floor(videos / per_step)), name=phase.name,
                          validate=spec.validate(job, phase) if spec.validate else None,
                          tracking={"experiment": job.experiment, "run_name": run_name, "uri": logger.uri},
-                         epoch_clock=clock_name, device_plan=pipe.recipe.device_plan() or None,
+                         epoch_clock=clock_name, epochs_span=bool(pipe.span_epochs),
+                         device_plan=pipe.recipe.device_plan() or None,
                          crop_size=pipe.recipe.crop_size)
         result = fit(task, datasets={"train": pipe.dataset}, scaling=job.scaling, run_name=run_name,
                      storage_path=job.storage_path, options=options)

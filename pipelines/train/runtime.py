@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from pipelines.config import ScalingConfig
+from pipelines.data.epochs import EpochStream
 from pipelines.train.loop import SINKS, TrainTask, end_epoch, run_epoch, setup
 
 
@@ -59,10 +60,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger = _make_logger(task.tracking, rank)
     shard = ray.train.get_dataset_shard("train")
     clock = ray.get_actor(task.epoch_clock) if task.epoch_clock else None
-    while state.epoch < task.loop.epochs:
+
+    def start(epoch: int) -> None:  # before an execution of the dataset: it draws from `epoch` on
         if clock is not None and rank == 0:
-            ray.get(clock.set.remote(state.epoch))
+            ray.get(clock.set.remote(epoch))
         _barrier(world)
+
+    if task.epochs_span:
+        shard = EpochStream(shard, task.loop.batch_size, start, agree=_agreement(world, state.device))
+    while state.epoch < task.loop.epochs:
+        if not task.epochs_span:
+            start(state.epoch)
         stats = run_epoch(state, task, shard, sink, logger)
         end_epoch(state, task, stats, sink, logger)
     if logger:
@@ -79,6 +87,19 @@ def _quiet_report_logs() -> None:
     except ImportError:  # another Ray version: leave its logging alone
         return
     logging.getLogger(context.__file__).setLevel(logging.WARNING)  # that module's logger is named by its path
+
+
+def _agreement(world: int, device: torch.device):
+    """``agree(flag) -> bool``: whether every worker's ``flag`` is true (an all-reduce MIN); None for one worker."""
+    if world == 1:
+        return None
+
+    def agree(flag: bool) -> bool:
+        value = torch.tensor([int(flag)], device=device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+        return bool(value.item())
+
+    return agree
 
 
 def _barrier(world: int) -> None:

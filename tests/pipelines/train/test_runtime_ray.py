@@ -1,6 +1,8 @@
 """The Ray Train runtime on 2 gloo workers: a worker killed mid-epoch resumes from a mid-epoch
 checkpoint with the planned number of steps, and a re-submitted run with the same name continues
-where it stopped."""
+where it stopped; with one Ray Data execution per epoch, and with an epoch-spanning dataset
+(:mod:`pipelines.data.epochs`: both workers take as many batches of each epoch, batches never
+mix epochs, and a restarted run's execution begins at its resumed epoch)."""
 
 import dataclasses
 import os
@@ -37,6 +39,9 @@ class ToyMethod(nn.Module):
         import ray.train
 
         if ray.train.get_context().get_world_rank() == 0:
+            if "epoch_seen" in batch:  # the epoch the rows were drawn for (epoch-spanning toy data)
+                with open(self.log_path + ".epochs", "a") as f:
+                    f.write(" ".join(str(int(e)) for e in batch["epoch_seen"]) + "\n")
             with open(self.log_path, "a") as f:
                 f.write(f"{int(self.steps)}\n")
             marker = self.log_path + ".crashed"
@@ -58,14 +63,43 @@ def _dataset(ray, n=16):
     return ray.data.from_items(items)
 
 
+class _SpanRows:
+    """Toy ``span_stage``: descriptor rows ``(offset, i)`` to row ``i`` of epoch ``clock + offset``."""
+
+    def __init__(self, clock: str, total: int) -> None:
+        self.clock, self.total = clock, total
+
+    def __call__(self, batch):
+        import ray
+
+        base = ray.get(ray.get_actor(self.clock).get.remote())
+        epochs = base + batch["offset"]
+        keep = epochs < self.total
+        rng = np.random.default_rng(int(base))
+        n = int(keep.sum())
+        return {"rgb_0": rng.integers(0, 255, (n, 2, 4, 4, 3), dtype=np.uint8),
+                "label_index": batch["i"][keep] % 2, "epoch": epochs[keep], "epoch_seen": epochs[keep]}
+
+
+def _span_dataset(ray, clock: str, total: int, n=16, span=2):
+    descs = [{"offset": k, "i": i} for k in range(span) for i in range(n)]
+    return ray.data.from_items(descs, override_num_blocks=span * n // 2).map_batches(
+        _SpanRows(clock, total), batch_size=None)
+
+
 def _steps(log_path):
     return [int(x) for x in Path(log_path).read_text().split()]
 
 
-def test_worker_crash_resumes_from_checkpoint_and_resubmission_continues(ray_cluster, tmp_path):
+@pytest.mark.parametrize("span", [False, True], ids=["per_epoch", "epoch_spanning"])
+def test_worker_crash_resumes_from_checkpoint_and_resubmission_continues(ray_cluster, tmp_path, span):
     import functools
 
+    from pipelines.train.runtime import epoch_clock
+
     log_path = str(tmp_path / "steps.log")
+    clock = epoch_clock(f"vidray-test-clock-{tmp_path.name}") if span else None
+    clock_name = f"vidray-test-clock-{tmp_path.name}" if span else None
     # 16 rows / (2 workers x batch 2) = 4 steps per epoch; checkpoints at every epoch end and every 5 steps;
     # crash at step 7: the latest checkpoint is step 5's, one step into epoch 2
     kwargs = dict(scaling=ScalingConfig(num_workers=2, use_gpu=False, cpus_per_worker=0.5), run_name="toy",
@@ -73,8 +107,9 @@ def test_worker_crash_resumes_from_checkpoint_and_resubmission_continues(ray_clu
     task = TrainTask(build_method=functools.partial(_build, log_path, 7), video_columns={"rgb_0": "rgb"},
                      optim=OptimConfig(lr=0.01), steps_per_epoch=4,
                      loop=LoopConfig(epochs=3, batch_size=2, log_every_n_steps=1, checkpoint_every_n_steps=5,
-                                     max_failures=1))
-    result = fit(task, datasets={"train": _dataset(ray_cluster)}, **kwargs)
+                                     max_failures=1), epoch_clock=clock_name, epochs_span=span)
+    data = (lambda total: _span_dataset(ray_cluster, clock_name, total)) if span else (lambda _: _dataset(ray_cluster))
+    result = fit(task, datasets={"train": data(3)}, **kwargs)
     assert result.error is None
     steps = _steps(log_path)
     assert os.path.exists(log_path + ".crashed")
@@ -83,10 +118,18 @@ def test_worker_crash_resumes_from_checkpoint_and_resubmission_continues(ray_clu
     state = load_checkpoint_state(result.checkpoint)  # epoch 2 skipped its first batch: 12 steps, not 13
     assert (state["epoch"], state["step"], int(state["model"]["steps"])) == (3, 12, 12)
 
+    if span:  # rank 0's batches, in order: one epoch each, the resumed epoch again after the crash
+        seen = [{int(e) for e in line.split()} for line in Path(log_path + ".epochs").read_text().splitlines()]
+        assert all(len(epochs) == 1 for epochs in seen)
+        seen = [epochs.pop() for epochs in seen]
+        assert seen[:7] == [0] * 4 + [1] * 3 and seen[restart:] == [1] * 3 + [2] * 4
+
     Path(log_path).unlink()
     task = dataclasses.replace(task, build_method=functools.partial(_build, log_path, None),
                                loop=LoopConfig(epochs=4, batch_size=2, log_every_n_steps=1, max_failures=0))
-    again = fit(task, datasets={"train": _dataset(ray_cluster)}, **kwargs)
+    again = fit(task, datasets={"train": data(4)}, **kwargs)
     assert again.error is None
     assert _steps(log_path) == [13, 14, 15, 16]  # the same run name resumed at epoch 3, step 12
     assert load_checkpoint_state(again.checkpoint)["epoch"] == 4
+    if clock is not None:
+        ray_cluster.kill(clock)
