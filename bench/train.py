@@ -234,7 +234,7 @@ def build_tapped(cfg: CoCLRConfig, report_log) -> CoCLR:
 
 
 def measure(cfg: BenchConfig, job, dataset, *, workers: int, name: str, storage: str,
-            clock_name: str | None) -> dict[str, Any]:
+            clock_name: str | None, span: bool = False) -> dict[str, Any]:
     """One ``fit`` run; its steady-state figures, wall time and the workers' torch threads."""
     import ray
 
@@ -249,7 +249,7 @@ def measure(cfg: BenchConfig, job, dataset, *, workers: int, name: str, storage:
     rcfg = recipes_mod.recipe("coclr", debug_size=job.data.debug_size, overrides=job.data.recipe_overrides)
     task = TrainTask(build_method=functools.partial(build_tapped, job.method, report_log),
                      video_columns=rcfg.video_columns(), optim=job.optim, loop=job.loop, steps_per_epoch=steps,
-                     name=name, epoch_clock=clock_name)
+                     name=name, epoch_clock=clock_name, epochs_span=span)
     result = fit(task, datasets={"train": dataset}, run_name=name, storage_path=storage,
                  scaling=ScalingConfig(num_workers=workers, use_gpu=False, cpus_per_worker=cfg.cpus_per_worker))
     wall = time.perf_counter() - start
@@ -293,9 +293,11 @@ def training_runs(cfg: BenchConfig, manifest_dir: str, storage: str, phase) -> d
         clock_name = f"vidray-bench-train-epoch-{os.getpid()}-{workers}"
         clock = epoch_clock(clock_name)
         try:
-            pipe = _pipeline(job.data, rcfg, epoch=clock)
+            pipe = _pipeline(job.data, rcfg, epoch=clock,  # as run_phase builds it
+                             epochs=job.loop.epochs if workers == 1 else None)
             out[name] = phase(name, lambda: measure(cfg, job, pipe.dataset, workers=workers, name=name,
-                                                    storage=storage, clock_name=clock_name))
+                                                    storage=storage, clock_name=clock_name,
+                                                    span=bool(pipe.span_epochs)))
         finally:
             ray.kill(clock)  # detached: it would outlive the driver
     return out

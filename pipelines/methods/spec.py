@@ -48,10 +48,13 @@ class DataConfig:
             clips) or ``charades`` (multi-action videos with segments).
         clip_cache: folder of decoded videos (:mod:`pipelines.data.clip_cache`) that reads are
             served from; a sweep sets it for its trials (``jobs/tune.py --clip-cache``).
-        epochs_per_execution: epochs one Ray Data execution draws (:mod:`pipelines.data.epochs`):
-            the executor's start and ramp are paid once per this many epochs, and the next
-            epoch's first blocks decode while this one's last batches train; 1 re-executes
-            the dataset every epoch.
+        epochs_per_execution: epochs one Ray Data execution draws when one worker trains
+            (:mod:`pipelines.data.epochs`): the executor's start and ramp are paid once per this
+            many epochs, and the next epoch's first blocks decode while this one's last batches
+            train; 1 re-executes the dataset every epoch. With several workers every epoch is
+            its own execution: Ray Train's streaming split shares a multi-epoch stream's epochs
+            unevenly (up to a block per worker), and as every worker must take as many batches
+            of an epoch, the surplus would be dropped (a third of an epoch in ``bench/train.py``).
     """
 
     manifest: str = "data/ucf101"

@@ -75,8 +75,8 @@ def fetch_encoder(job, phase: str, key: str, dst: str) -> dict[str, torch.Tensor
 
 
 def _pipeline(data, recipe_cfg, *, epoch, limit=None, strings=False, epochs: int | None = None):
-    """The phase's pipeline; with ``epochs`` (the phase's), one execution spans
-    ``data.epochs_per_execution`` of them (:mod:`pipelines.data.epochs`)."""
+    """The phase's pipeline; with ``epochs`` (the phase's, given for one worker), one execution
+    spans ``data.epochs_per_execution`` of them (:mod:`pipelines.data.epochs`)."""
     from pipelines.data.dataset import LoaderOptions, build_pipeline
 
     span = min(epochs, data.epochs_per_execution) if epochs else None
@@ -119,7 +119,7 @@ def run_phase(spec: MethodSpec, job, phase: Phase, parent_run_id: str | None, fi
     data = phase_data(job, phase)
     if data is not job.data:
         fingerprint = manifest.fingerprint(manifest.read_manifest(data.manifest))
-    pipe = _pipeline(data, recipe_cfg, epoch=clock, epochs=phase.epochs)
+    pipe = _pipeline(data, recipe_cfg, epoch=clock, epochs=phase.epochs if job.scaling.num_workers == 1 else None)
     videos = len(pipe.inputs) - pipe.quarantined().num_rows  # known-bad rows are excluded up front
     per_step = job.loop.batch_size * job.scaling.num_workers * max(1, job.loop.accumulate_steps)
     tags = {"dataset_fingerprint": fingerprint, "phase": phase.name, "vidray_method": spec.name,

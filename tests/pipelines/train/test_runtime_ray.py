@@ -1,8 +1,9 @@
-"""The Ray Train runtime on 2 gloo workers: a worker killed mid-epoch resumes from a mid-epoch
-checkpoint with the planned number of steps, and a re-submitted run with the same name continues
-where it stopped; with one Ray Data execution per epoch, and with an epoch-spanning dataset
-(:mod:`pipelines.data.epochs`: both workers take as many batches of each epoch, batches never
-mix epochs, and a restarted run's execution begins at its resumed epoch)."""
+"""The Ray Train runtime: a worker killed mid-epoch resumes from a mid-epoch checkpoint with the
+planned number of steps, and a re-submitted run with the same name continues where it stopped;
+on 2 gloo workers with one Ray Data execution per epoch, and on one worker with an
+epoch-spanning dataset (:mod:`pipelines.data.epochs`: batches never mix epochs, and a
+restarted run's execution begins at its resumed epoch). The workers' agreement on an epoch's
+batches is checked in ``tests/pipelines/data/test_epochs.py``."""
 
 import dataclasses
 import os
@@ -100,13 +101,15 @@ def test_worker_crash_resumes_from_checkpoint_and_resubmission_continues(ray_clu
     log_path = str(tmp_path / "steps.log")
     clock = epoch_clock(f"vidray-test-clock-{tmp_path.name}") if span else None
     clock_name = f"vidray-test-clock-{tmp_path.name}" if span else None
-    # 16 rows / (2 workers x batch 2) = 4 steps per epoch; checkpoints at every epoch end and every 5 steps;
+    # 16 rows / (2 workers x batch 2, or 1 x 4) = 4 steps per epoch; checkpoints at every epoch end and every 5 steps;
     # crash at step 7: the latest checkpoint is step 5's, one step into epoch 2
-    kwargs = dict(scaling=ScalingConfig(num_workers=2, use_gpu=False, cpus_per_worker=0.5), run_name="toy",
+    # as run_phase: several workers re-execute the dataset each epoch, one worker spans epochs
+    workers, batch = (1, 4) if span else (2, 2)
+    kwargs = dict(scaling=ScalingConfig(num_workers=workers, use_gpu=False, cpus_per_worker=0.5), run_name="toy",
                   storage_path=str(tmp_path / "runs"))
     task = TrainTask(build_method=functools.partial(_build, log_path, 7), video_columns={"rgb_0": "rgb"},
                      optim=OptimConfig(lr=0.01), steps_per_epoch=4,
-                     loop=LoopConfig(epochs=3, batch_size=2, log_every_n_steps=1, checkpoint_every_n_steps=5,
+                     loop=LoopConfig(epochs=3, batch_size=batch, log_every_n_steps=1, checkpoint_every_n_steps=5,
                                      max_failures=1), epoch_clock=clock_name, epochs_span=span)
     data = (lambda total: _span_dataset(ray_cluster, clock_name, total)) if span else (lambda _: _dataset(ray_cluster))
     result = fit(task, datasets={"train": data(3)}, **kwargs)
@@ -126,7 +129,7 @@ def test_worker_crash_resumes_from_checkpoint_and_resubmission_continues(ray_clu
 
     Path(log_path).unlink()
     task = dataclasses.replace(task, build_method=functools.partial(_build, log_path, None),
-                               loop=LoopConfig(epochs=4, batch_size=2, log_every_n_steps=1, max_failures=0))
+                               loop=LoopConfig(epochs=4, batch_size=batch, log_every_n_steps=1, max_failures=0))
     again = fit(task, datasets={"train": data(4)}, **kwargs)
     assert again.error is None
     assert _steps(log_path) == [13, 14, 15, 16]  # the same run name resumed at epoch 3, step 12
