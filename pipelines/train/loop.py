@@ -40,7 +40,8 @@ so the epoch ends after its remaining steps: the run takes the planned number of
 steps and its LR schedule ends where an uninterrupted run's does. Skipping, rather than
 training on the first batches again and stopping early (which would repeat them and never
 reach the epoch's last samples), keeps the sample stream of an uninterrupted run: an
-epoch's samples are ``sample_rng(seed, epoch, video)`` in the build-time order, and Ray's
+epoch's samples are ``sample_rng(seed, epoch, video)`` in a fixed order (the build's; an
+epoch-spanning dataset's execution restarts at the resumed epoch, in its order), and Ray's
 streaming split hands the ordered blocks to the least-fed worker, so one worker, or workers
 sharing a node, see the same batches again and skip exactly those they trained on. Workers
 on several nodes skip the right number of batches but not always the same samples (Ray
