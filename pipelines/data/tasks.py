@@ -211,19 +211,21 @@ def _output(samples: list[dict], cfg: RecipeConfig, num_classes: int | None, tim
     an Arrow table with ``t_arrow_ms`` measured."""
     schema = recipes.batch_schema(cfg, num_classes, with_stage=False)  # the batch stage adds its own
     schema = {**{k: v for k, v in schema.items() if k not in drop}, **(extra or {})}
-    if not timed:
+    if not timed and samples:
         return _stack(samples, schema)
     import pyarrow as pa
     from ray.data.block import BlockAccessor
 
     start = time.perf_counter()
-    columns = {k: v for k, v in telemetry.COLUMNS.items() if k != "t_arrow_ms"}
+    columns = {k: v for k, v in telemetry.COLUMNS.items() if k != "t_arrow_ms"} if timed else {}
     if samples:
         table = BlockAccessor.batch_to_block(_stack(samples, {**schema, **columns}))
     else:  # a zero-row tensor column does not convert to Arrow's tensor type: slice a one-row block
         one = {k: np.zeros((1, *shape), object if dtype == "string" else dtype)
                for k, (dtype, shape) in {**schema, **columns}.items()}
         table = BlockAccessor.batch_to_block(one).slice(0, 0)
+    if not timed:
+        return table
     per_row = 1000 * (time.perf_counter() - start) / max(1, len(samples))
     return table.append_column("t_arrow_ms", pa.array(np.full(len(samples), per_row, np.float32)))
 
@@ -273,7 +275,7 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
 
 
-_ITEMS: dict[str, list[dict]] = {}  # this worker process's item lists, by object ref
+_ITEMS: dict[str, list[dict]] = {}  # this worker process's item lists, by object ref (insertion order)
 
 
 def _items_of(ref) -> list[dict]:
@@ -284,7 +286,8 @@ def _items_of(ref) -> list[dict]:
         return ref
     key = ref.hex()
     if key not in _ITEMS:
-        _ITEMS.clear()  # one run's list at a time
+        while len(_ITEMS) >= 4:  # the runs sharing this worker (a sweep's trials), oldest out
+            del _ITEMS[next(iter(_ITEMS))]
         _ITEMS[key] = ray.get(ref)
     return _ITEMS[key]
 
