@@ -82,9 +82,9 @@ from bench.common import load1, log  # noqa: E402
 from bench.cpu import CpuMeter  # noqa: E402
 from bench.pipeline_decode import decode_ratios, decode_worker_rss, decoded_per_used  # noqa: E402
 from bench.pipeline_loaders import (ClipDataset, DecodeChunk, Loader, RayRunner, SampleChunk,  # noqa: E402
-                                    WorkerPool, items_of, plan, sample_order)
+                                    WorkerPool, items_of, plan)
 from pipelines.data import recipes, telemetry  # noqa: E402
-from pipelines.data.tasks import media_of  # noqa: E402
+from pipelines.data.tasks import epoch_order, media_of  # noqa: E402
 from pipelines.data.workers import decode_worker_env  # noqa: E402
 
 CPU_GROUP = {"raw": "spawn", "decode_augment": "spawn", "dataloader": "spawn", "ray": "ray"}  # see bench/cpu.py
@@ -169,7 +169,7 @@ def timed(fn: Callable[[], int], group: str) -> dict[str, float]:
 def _runners(cfg: BenchConfig, manifest_dir: str, rcfg: recipes.RecipeConfig, items: list[dict], epochs: int):
     """``({name: fn(epochs) -> clips}, closers, ray runner)`` over the same samples."""
     plans = plan(items, rcfg, cfg.seed, range(0, epochs + 1))
-    keys = {e: [(e, int(i)) for i in sample_order(len(items), cfg.seed, rcfg.shuffle, e)] for e in plans}
+    keys = {e: [(e, int(i)) for i in epoch_order(len(items), cfg.seed, e, rcfg.shuffle)] for e in plans}
     pool, loader, ray_runner = WorkerPool(cfg.cores), Loader(cfg, items, rcfg), RayRunner(cfg, manifest_dir, rcfg, epochs)
     decode = DecodeChunk(cfg.backend, media_of(items))
     make = SampleChunk(ClipDataset(items, rcfg, cfg.seed, cfg.backend))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from pipelines.data import recipes, telemetry
-from pipelines.data.tasks import media_of
+from pipelines.data.tasks import epoch_order, media_of
 from pipelines.data.workers import init_decode_worker, spawn_env
 from pipelines.io import manifest
 from pipelines.io.video import read_frames
@@ -30,14 +30,6 @@ Sample = list[tuple[str, np.ndarray]]  # the reads of one sample: (uri, frame in
 Media = dict[str, tuple[str | None, tuple | None]]  # uri -> (codec, (H, W)) from the manifest
 SPLIT = "train"
 ORDER_EPOCH = 0  # the warm-up epoch (the per-epoch build's order is drawn at this epoch)
-
-
-def sample_order(n: int, seed: int, shuffle: bool, epoch: int) -> np.ndarray:
-    """The pipeline's sample order of ``epoch``: the epoch-spanning dataset's (a per-epoch build keeps
-    its build epoch's, :data:`ORDER_EPOCH`)."""
-    from pipelines.data.tasks import epoch_order
-
-    return epoch_order(n, seed, epoch, shuffle)
 
 
 def items_of(manifest_dir: str, rcfg: recipes.RecipeConfig, limit: int) -> list[dict]:
@@ -74,7 +66,7 @@ def sample_reads(item: dict, rcfg: recipes.RecipeConfig, seed: int, epoch: int) 
 
 def plan(items: list[dict], rcfg: recipes.RecipeConfig, seed: int, epochs: Iterable[int]) -> dict[int, list[Sample]]:
     """``{epoch: [reads of each sample, in pipeline order]}``."""
-    return {e: [sample_reads(items[i], rcfg, seed, e) for i in sample_order(len(items), seed, rcfg.shuffle, e)]
+    return {e: [sample_reads(items[i], rcfg, seed, e) for i in epoch_order(len(items), seed, e, rcfg.shuffle)]
             for e in epochs}
 
 
@@ -160,7 +152,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
 
     def __iter__(self):
-        return iter([(self.epoch, int(i)) for i in sample_order(self.n, self.seed, self.shuffle, self.epoch)])
+        return iter([(self.epoch, int(i)) for i in epoch_order(self.n, self.seed, self.epoch, self.shuffle)])
 
     def __len__(self) -> int:
         return self.n

@@ -293,8 +293,7 @@ def training_runs(cfg: BenchConfig, manifest_dir: str, storage: str, phase) -> d
         clock_name = f"vidray-bench-train-epoch-{os.getpid()}-{workers}"
         clock = epoch_clock(clock_name)
         try:
-            pipe = _pipeline(job.data, rcfg, epoch=clock,  # as run_phase builds it
-                             epochs=job.loop.epochs if workers == 1 else None)
+            pipe = _pipeline(job.data, rcfg, epoch=clock, epochs=job.loop.epochs, workers=workers)  # as run_phase
             out[name] = phase(name, lambda: measure(cfg, job, pipe.dataset, workers=workers, name=name,
                                                     storage=storage, clock_name=clock_name,
                                                     span=bool(pipe.span_epochs)))

@@ -2,7 +2,7 @@
 
 Other people's clusters are never touched: :class:`LocalHead` starts a head node on free
 loopback ports in its own temp dir and process group, and stops only that group and the
-processes that left it (Ray workers), never with ``ray stop``. Split out of
+processes that left it (Ray workers), never with Ray's machine-wide stop command. Split out of
 :mod:`pipelines.cluster`, which re-exports :class:`LocalHead`, :class:`PortInUseError`
 and :func:`port_in_use`.
 """

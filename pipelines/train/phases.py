@@ -74,12 +74,14 @@ def fetch_encoder(job, phase: str, key: str, dst: str) -> dict[str, torch.Tensor
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _pipeline(data, recipe_cfg, *, epoch, limit=None, strings=False, epochs: int | None = None):
-    """The phase's pipeline; with ``epochs`` (the phase's, given for one worker), one execution
-    spans ``data.epochs_per_execution`` of them (:mod:`pipelines.data.epochs`)."""
+def _pipeline(data, recipe_cfg, *, epoch, limit=None, strings=False, epochs: int | None = None,
+              workers: int = 1):
+    """The phase's pipeline; with ``epochs`` (the phase's) and one worker, one execution spans
+    ``data.epochs_per_execution`` of them (:mod:`pipelines.data.epochs`; several workers: one
+    execution per epoch, see ``DataConfig.epochs_per_execution``)."""
     from pipelines.data.dataset import LoaderOptions, build_pipeline
 
-    span = min(epochs, data.epochs_per_execution) if epochs else None
+    span = min(epochs, data.epochs_per_execution) if epochs and workers == 1 else None
     return build_pipeline(data.manifest, recipe_cfg, data.split, seed=data.seed, epoch=epoch,
                           limit=limit or data.limit,
                           options=LoaderOptions(strings=strings, clip_cache=data.clip_cache, span_epochs=span,
@@ -119,7 +121,7 @@ def run_phase(spec: MethodSpec, job, phase: Phase, parent_run_id: str | None, fi
     data = phase_data(job, phase)
     if data is not job.data:
         fingerprint = manifest.fingerprint(manifest.read_manifest(data.manifest))
-    pipe = _pipeline(data, recipe_cfg, epoch=clock, epochs=phase.epochs if job.scaling.num_workers == 1 else None)
+    pipe = _pipeline(data, recipe_cfg, epoch=clock, epochs=phase.epochs, workers=job.scaling.num_workers)
     videos = len(pipe.inputs) - pipe.quarantined().num_rows  # known-bad rows are excluded up front
     per_step = job.loop.batch_size * job.scaling.num_workers * max(1, job.loop.accumulate_steps)
     tags = {"dataset_fingerprint": fingerprint, "phase": phase.name, "vidray_method": spec.name,
