@@ -32,8 +32,8 @@ Train V2 keeps only the last report (``Result.metrics``) and the checkpointed on
 in each worker that copies every report, and how long the call took, to a
 :class:`ReportLog` actor (no MLflow). The loop leaves that call out of its windows
 (it restarts its timer after a report), and in Ray 2.60 it is not free: each worker's report queue holds one report
-and the controller drains it every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s), so a
-report that comes less than ~2 s after the previous one blocks. Hence two views:
+and the controller drains it every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (Ray's default 2 s,
+0.5 s on clusters our code starts), so a report sooner than that after the previous one blocks. Hence two views:
 ``*_excl_report`` as the loop measures them, and ``clips_per_s`` / ``data_wait_frac``
 with the report calls added back as waiting (what training gets with this logging
 cadence; ``report_frac`` is their share). The first window of each worker is the warm-up and
@@ -108,7 +108,7 @@ class BenchConfig:
     workers: tuple[int, ...] = (1, 2)
     cpus_per_worker: float = 0.5  # leaves the rest of the cluster to the data tasks
     queue_size: int = 128       # the demo's CoCLR queue
-    report_poll_s: float | None = None  # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S; None: Ray's default (2 s)
+    report_poll_s: float | None = None  # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S; None: vidray's (0.5 s, pipelines/__init__)
     compute_steps: int = 12     # compute_only: measured steps (after 2 warm-up steps)
     gpu_batch: int = 32         # --gpu: clips per GPU
     gpu_steps: int = 20

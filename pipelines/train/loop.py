@@ -307,8 +307,8 @@ def run_epoch(state: WorkerState, task: TrainTask, shard, sink, logger) -> Epoch
             report_checkpoint(state, sink, metrics, logger)
         else:
             sink.report(metrics)
-        # Ray Train 2.60 drains each worker's report queue every ~2 s, so a report can
-        # block: that time is neither data wait nor compute of the next window.
+        # Ray Train 2.60 drains each worker's report queue every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S,
+        # so a report can block: that time is neither data wait nor compute of the next window.
         t_mark = time.perf_counter()
     return stats
 
