@@ -33,7 +33,12 @@ augmentation code and the decode workers' allocator and thread settings
                            four (:mod:`bench.cpu`): the driver plus, for the Pool and the
                            DataLoader, their spawn children, and for Ray, the bench's own
                            cluster (GCS, raylet, agents, workers). ``augment_over_decode_cpu``
-                           is (decode + augment - raw) / raw CPU per clip.
+                           is (decode + augment - raw) / raw CPU per clip: two runs, so it
+                           moves with the machine's load between them.
+  augment_over_decode_cpu_in_worker  the same ratio inside the decode + augment pool's
+                           workers, over the measured rounds: thread CPU time of each
+                           sample minus that of its ``read_frames`` calls, over the latter
+                           (the sample's sampling is counted with the augmentation).
   ray_stage_ms_per_clip    the pipeline's telemetry columns over the measured epochs
                            (:mod:`pipelines.data.telemetry`: decode, augment, Arrow ms per clip).
   decoded_per_used_frames  ``ReadInfo.frames_decoded / frames requested`` over epoch 1's
@@ -72,6 +77,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -167,16 +174,22 @@ def timed(fn: Callable[[], int], group: str) -> dict[str, float]:
 
 
 def _runners(cfg: BenchConfig, manifest_dir: str, rcfg: recipes.RecipeConfig, items: list[dict], epochs: int):
-    """``({name: fn(epochs) -> clips}, closers, ray runner)`` over the same samples."""
+    """``({name: fn(epochs) -> clips}, closers, ray runner, decode_augment CPU split)`` over the same samples."""
     plans = plan(items, rcfg, cfg.seed, range(0, epochs + 1))
     keys = {e: [(e, int(i)) for i in epoch_order(len(items), cfg.seed, e, rcfg.shuffle)] for e in plans}
     pool, loader, ray_runner = WorkerPool(cfg.cores), Loader(cfg, items, rcfg), RayRunner(cfg, manifest_dir, rcfg, epochs)
     decode = DecodeChunk(cfg.backend, media_of(items))
     make = SampleChunk(ClipDataset(items, rcfg, cfg.seed, cfg.backend))
+    split: list[np.ndarray] = []  # [samples, read CPU s, sample CPU s] of each decode_augment run
+
+    def decode_augment(es) -> int:
+        split.append(pool.run(make, [k for e in es for k in keys[e]]))
+        return int(split[-1][0])
+
     runs = {"raw": lambda es: pool.run(decode, [s for e in es for s in plans[e]]),
-            "decode_augment": lambda es: pool.run(make, [k for e in es for k in keys[e]]),
+            "decode_augment": decode_augment,
             "dataloader": loader.run, "ray": ray_runner.run}
-    return runs, (pool.close, loader.close, ray_runner.close), ray_runner
+    return runs, (pool.close, loader.close, ray_runner.close), ray_runner, split
 
 
 def throughput(cfg: BenchConfig, manifest_dir: str, rcfg: recipes.RecipeConfig, epochs: int,
@@ -184,12 +197,13 @@ def throughput(cfg: BenchConfig, manifest_dir: str, rcfg: recipes.RecipeConfig, 
     """Median clips/s and CPU ms per clip of each way of producing the same samples, every round's detail."""
     items = items_of(manifest_dir, rcfg, cfg.videos)
     measured = range(1, epochs + 1)
-    runs, closers, ray_runner = _runners(cfg, manifest_dir, rcfg, items, epochs)
+    runs, closers, ray_runner, split = _runners(cfg, manifest_dir, rcfg, items, epochs)
     names, detail = list(runs), {name: [] for name in runs}
     try:
         log(f"{rcfg.name}: warm-up (epoch 0 of each)")
         warm = {name: timed(lambda: fn([0]), CPU_GROUP[name]) for name, fn in runs.items()}
         ray_runner.stages = telemetry.StageTotals()  # measured epochs only
+        split.clear()
         for r in range(rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:  # rotated: drift hits each alike
                 log(f"{rcfg.name}: round {r + 1}/{rounds} {name} ({epochs * len(items)} clips)")
@@ -201,7 +215,8 @@ def throughput(cfg: BenchConfig, manifest_dir: str, rcfg: recipes.RecipeConfig, 
     median = {key: {k: round(statistics.median(d[key] for d in v), 2) for k, v in detail.items()}
               for key in ("clips_per_s", "cpu_ms_per_clip")}
     stages = {k: round(v, 3) for k, v in telemetry.epoch_metrics(ray_runner.stages).items()}
-    return {**median, "rounds_detail": detail, "warm_up": warm, "clips_per_measurement": epochs * len(items),
+    _, read_s, sample_s = sum(split)
+    return {**median, "augment_over_decode_cpu_in_worker": ratio(sample_s - read_s, read_s), "rounds_detail": detail, "warm_up": warm, "clips_per_measurement": epochs * len(items),
             "ray_stage_ms_per_clip": stages, "ray_rows_per_task": ray_runner.rows_per_task}
 
 
@@ -261,7 +276,8 @@ def coclr_section(cfg: BenchConfig, data: dict[str, str]) -> dict[str, Any]:
     return {"unit": "samples (2 RGB + 2 flow clips of T frames) per s", "flow_files": report.with_flow,
             "flow_seconds": flow_s, "raw_decode_samples_per_s": c["raw"], "ray_samples_per_s": c["ray"],
             "dataloader_samples_per_s": c["dataloader"], "decode_augment_samples_per_s": c["decode_augment"],
-            **cpu_report(cpu), "ratios": all_ratios(c, cpu), "ray_stage_ms_per_clip": tp["ray_stage_ms_per_clip"],
+            **cpu_report(cpu), "augment_over_decode_cpu_in_worker": tp["augment_over_decode_cpu_in_worker"],
+            "ratios": all_ratios(c, cpu), "ray_stage_ms_per_clip": tp["ray_stage_ms_per_clip"],
             "decoded_per_used_frames": {"rgb": decoded_per_used([s[:1] for s in pairs])["ratio"],
                                         "flow": decoded_per_used([s[1:] for s in pairs])["ratio"]},
             "rounds_detail": tp["rounds_detail"], "clips_per_measurement": tp["clips_per_measurement"],
@@ -290,6 +306,7 @@ def run(cfg: BenchConfig, root: Path) -> dict[str, Any]:
     c, cpu = tp["clips_per_s"], tp["cpu_ms_per_clip"]
     return {"raw_decode_clips_per_s": c["raw"], "ray_clips_per_s": c["ray"], "dataloader_clips_per_s": c["dataloader"],
             "decode_augment_clips_per_s": c["decode_augment"], **cpu_report(cpu),
+            "augment_over_decode_cpu_in_worker": tp["augment_over_decode_cpu_in_worker"],
             "ray_stage_ms_per_clip": tp["ray_stage_ms_per_clip"], "decoded_per_used_frames": decode,
             "decode_worker_rss_mb": rss, "ratios": all_ratios(c, cpu), "goals_met": goals(c, cpu, decode, rss),
             "rounds_detail": tp["rounds_detail"], "warm_up": tp["warm_up"], "coclr": coclr, "phases": phase.phases,

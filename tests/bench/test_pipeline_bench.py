@@ -49,6 +49,7 @@ def test_cpu_per_clip_of_every_way(report):
     assert set(cpu) == {"raw_decode", "decode_augment", "dataloader", "ray"}
     assert all(_positive(v) for v in cpu.values())
     assert isinstance(report["augment_over_decode_cpu"], float)
+    assert _positive(report["augment_over_decode_cpu_in_worker"])  # sampling + augmentation over the reads
     assert _positive(report["ratios"]["ray_cpu_over_decode_augment_cpu"])
     assert all(_positive(r["cpu_ms_per_clip"]) for rounds in report["rounds_detail"].values() for r in rounds)
     stages = report["ray_stage_ms_per_clip"]
