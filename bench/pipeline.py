@@ -216,7 +216,8 @@ def throughput(cfg: BenchConfig, manifest_dir: str, rcfg: recipes.RecipeConfig, 
               for key in ("clips_per_s", "cpu_ms_per_clip")}
     stages = {k: round(v, 3) for k, v in telemetry.epoch_metrics(ray_runner.stages).items()}
     _, read_s, sample_s = sum(split)
-    return {**median, "augment_over_decode_cpu_in_worker": ratio(sample_s - read_s, read_s), "rounds_detail": detail, "warm_up": warm, "clips_per_measurement": epochs * len(items),
+    return {**median, "augment_over_decode_cpu_in_worker": ratio(sample_s - read_s, read_s),
+            "rounds_detail": detail, "warm_up": warm, "clips_per_measurement": epochs * len(items),
             "ray_stage_ms_per_clip": stages, "ray_rows_per_task": ray_runner.rows_per_task}
 
 
