@@ -18,7 +18,7 @@ moving 4 px/frame, and Gaussian sensor noise (sigma 2 grey levels).
                error vs the uint8 frames (grey levels) and vs the float flow (px), decode
                frames/s; ratios against the seeds' storage (JPEG frames, here MJPEG
                q=2) and against raw uint8 (H*W*3 bytes/frame). "chosen" is written by
-               pipelines.prep.flow's own writer.
+               pipelines.prep.flow_core's writer (what the flow job stores with).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.prep import flow  # noqa: E402
+from pipelines.prep import flow_core as flow  # noqa: E402 - computation, encoding and storage
 
 # name -> (codec, pix_fmt, options, gop, container suffix)
 ENCODINGS = {

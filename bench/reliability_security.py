@@ -12,23 +12,12 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import pipelines  # noqa: E402,F401 - sets Ray's auth mode before anything imports ray
-from bench.reliability_cluster import (  # noqa: E402
-    auth_token,
-    grep_files,
-    http_get,
-    listening_sockets,
-    process_tree,
-)
-from bench.reliability_stack import BUCKET, Stack, s3_source, train_sets  # noqa: E402
+from bench.reliability_cluster import auth_token, grep_files, http_get, listening_sockets, process_tree
+from bench.reliability_stack import BUCKET, ROOT, Stack, s3_source, train_sets
 
 
 def security(st: Stack, *, videos: int = 6) -> dict[str, Any]:

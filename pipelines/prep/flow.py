@@ -82,7 +82,6 @@ from pipelines.prep.flow_core import (  # noqa: F401 - moved there (this file's 
     TAG_BOUND,
     TAG_METHOD,
     FlowInfo,
-    _write_flow_file,
     align_to_frames,
     compute_flow,
     decode_flow,
