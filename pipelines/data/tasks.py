@@ -6,9 +6,9 @@ one call out; per read only in a retried block), builds each sample with the rec
 ``sample`` and a guarded reader, adds the telemetry columns
 (:mod:`pipelines.data.telemetry`) and returns the block, as Arrow when it times the conversion.
 
-Guarded reads: every read runs in a daemon watchdog thread joined with
+Guarded reads: every read runs in a long-lived daemon decode thread, waited for
 ``decode_timeout_s``; on timeout the video is quarantined (``decode_timeout``) and the
-thread abandoned. Once ``max_stuck_decoders`` threads are stuck in one worker process, the
+thread abandoned (the next read starts a new one). Once ``max_stuck_decoders`` threads are stuck in one worker process, the
 process sends what it has recorded to the ledger and exits, so that Ray replaces it (a
 thread stuck in native code cannot be killed); the retried task skips the recorded videos.
 Reads name the codec and frame size from the manifest, so ``read_frames`` picks its
@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import queue
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -55,24 +56,59 @@ class _Skipped(Exception):
     """The ledger said not to read this video (counted there)."""
 
 
+class _DecodeThread:
+    """A long-lived daemon thread that runs one read at a time for one calling thread.
+
+    Reads run here rather than in a fresh thread each: starting a thread per read cost
+    ~0.7 ms of CPU and a quarter of the wall time per 16-frame clip in a decode worker
+    (``bench/RESULTS.md``). A thread that misses its deadline is abandoned (``stuck``) and
+    leaves when its read ends; the caller's next read gets a new thread.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.stuck = False
+        self.thread = threading.Thread(target=self._serve, name="vidray-decode", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stuck:
+            fn, box, done = self.jobs.get()
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                box["error"] = exc
+            done.set()
+
+    def run(self, fn: Callable[[], np.ndarray], timeout_s: float) -> dict[str, Any] | None:
+        """``{"value": ...}`` or ``{"error": ...}``; ``None`` (and this thread abandoned) on timeout."""
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        self.jobs.put((fn, box, done))
+        if done.wait(timeout_s):
+            return box
+        self.stuck = True
+        return None
+
+
+_DECODER = threading.local()  # .thread: the calling thread's _DecodeThread
+
+
 def _with_watchdog(fn: Callable[[], np.ndarray], uri: str, timeout_s: float | None) -> np.ndarray:
-    """``fn()`` in a daemon thread joined with ``timeout_s``; untyped decoder errors become MediaError."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
-            box["error"] = exc
-
+    """``fn()`` in this thread's decode thread, waited for ``timeout_s`` (``None``: run it here);
+    untyped decoder errors become MediaError."""
     if timeout_s is None:
-        target()
+        try:
+            box = {"value": fn()}
+        except BaseException as exc:  # noqa: BLE001 - typed below
+            box = {"error": exc}
     else:
-        thread = threading.Thread(target=target, name=f"vidray-decode {uri}", daemon=True)
-        thread.start()
-        thread.join(timeout_s)
-        if thread.is_alive():
-            _STUCK.append(thread)
+        decoder = getattr(_DECODER, "thread", None)
+        if decoder is None or decoder.stuck or not decoder.thread.is_alive():
+            decoder = _DECODER.thread = _DecodeThread()
+        box = decoder.run(fn, timeout_s)
+        if box is None:
+            _STUCK.append(decoder.thread)
             raise DecodeTimeout(uri, timeout_s)
     if "error" in box:
         exc = box["error"]

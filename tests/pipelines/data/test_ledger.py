@@ -13,6 +13,7 @@ from pipelines.data import recipes, tasks, telemetry
 from pipelines.data.dataset import LoaderOptions, auto_rows_per_task
 from pipelines.data.ledger import QuarantineLedger
 from pipelines.io import video
+from pipelines.io.probe import MediaError
 from pipelines.io.encode import write_video
 
 CFG = recipes.recipe("classification", debug_size=True)
@@ -131,3 +132,25 @@ def test_rows_per_task_follows_the_dataset_size():
     assert auto_rows_per_task(10_000, 16) == 64 and auto_rows_per_task(2_000, 16) == 31
     assert auto_rows_per_task(120, 2) == 16 and auto_rows_per_task(24, 2) == 12  # every CPU gets a block
     assert auto_rows_per_task(1, 8) == 1
+
+
+def test_reads_share_one_decode_thread_until_one_hangs():
+    """Guarded reads run in one long-lived thread; a read past its deadline is a DecodeTimeout,
+    its thread is abandoned (and leaves when the read ends) and the next read gets a new one."""
+    import threading
+
+    names = [tasks._with_watchdog(lambda: threading.get_ident(), "a.mp4", 5.0) for _ in range(3)]
+    assert len(set(names)) == 1 and names[0] != threading.get_ident()
+    release = threading.Event()
+    stuck_before = len(tasks._STUCK)
+    with pytest.raises(tasks.DecodeTimeout, match="hung.mp4"):
+        tasks._with_watchdog(lambda: release.wait(30), "hung.mp4", 0.2)
+    hung = tasks._STUCK[-1]
+    assert len(tasks._STUCK) == stuck_before + 1 and hung.ident == names[0] and hung.is_alive()
+    after = tasks._with_watchdog(lambda: threading.get_ident(), "b.mp4", 5.0)
+    assert after != names[0]
+    release.set()
+    hung.join(5)
+    assert not hung.is_alive()  # an abandoned thread does not linger once its read returns
+    with pytest.raises(MediaError, match="c.mp4: the decoder raised ZeroDivisionError"):
+        tasks._with_watchdog(lambda: 1 / 0, "c.mp4", 5.0)

@@ -4,7 +4,9 @@ Its ``debug`` variant's first phase trains on the session's local Ray cluster ag
 MLflow server, on the tiny synthetic set the variant makes itself when the manifest is
 missing (the fresh-clone path); the checkpoint loads into the method it came from; a second
 submission of the same run resumes by skipping the registered phase; the registered encoder
-loads back without unpickling and runs on its input example.
+loads back without unpickling and runs on its input example; the training run has the data
+plane's per-stage telemetry (decode / augment / Arrow ms, bytes read, data wait) for every
+epoch and its stacked-bar plot.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def debug_manifest(tmp_path_factory) -> str:
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_debug_variant_trains_checkpoints_resumes_registers_and_loads(method, ray_cluster, mlflow_server,
                                                                       debug_manifest, tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
     from pipelines.eval.results import default_protocols, load_encoder
     from pipelines.tracking import load_registered_model
     from pipelines.train.checkpoint import load_state
@@ -44,6 +48,7 @@ def test_debug_variant_trains_checkpoints_resumes_registers_and_loads(method, ra
     assert entry.main(argv, method=method) == 0
     out = capsys.readouterr().out
     assert f"[{phase.name}] epoch 1/" in out and "clips/s" in out  # one readable progress line per epoch
+    assert "decode/aug/arrow ms" in out  # the data plane's stages, live
     run_dir = tmp_path / "runs" / f"{job.run_name}.{phase.name}"
     ckpts = [p for p in sorted(run_dir.glob("checkpoint_*")) if p.is_dir()]
     assert ckpts, "no checkpoint written"
@@ -62,3 +67,14 @@ def test_debug_variant_trains_checkpoints_resumes_registers_and_loads(method, ra
         assert info["backbone"] == spec.export(job, phase, model)[key].backbone_name
         run_id = load_encoder(f"models:/{job.model_name}-{key}@{phase.name}")[3]
         assert default_protocols(run_id) == list(spec.eval_protocols)  # jobs/evaluate.py's default
+    assert_stage_telemetry(MlflowClient(mlflow_server), run_id, phase.epochs)
+
+
+def assert_stage_telemetry(client, run_id: str, epochs: int) -> None:
+    """The training run has the data plane's per-stage metrics for every epoch and their plot."""
+    history = {k: client.get_metric_history(run_id, f"epoch/epoch_data_{k}")
+               for k in ("decode_ms", "augment_ms", "arrow_ms", "read_kb", "wait_frac")}
+    assert {k: len({m.step for m in h}) for k, h in history.items()} == dict.fromkeys(history, epochs)
+    assert all(m.value > 0 for k in ("decode_ms", "augment_ms", "read_kb") for m in history[k])
+    assert all(0 <= m.value <= 1 for m in history["wait_frac"])
+    assert "plots/data_stages.png" in [a.path for a in client.list_artifacts(run_id, "plots")]
