@@ -205,6 +205,7 @@ class RayRunner:
         options = LoaderOptions(strings=False, rows_per_task=cfg.rows_per_task, backend=cfg.backend)
         build = functools.partial(build_pipeline, manifest_dir, rcfg, SPLIT, seed=cfg.seed, epoch=self.clock,
                                   limit=cfg.videos)
+        self.options = options
         self.warm = build(options=options)
         self.pipe = build(options=dataclasses.replace(options, span_epochs=epochs, total_epochs=epochs + 1))
         self.batch_size, self.key = cfg.batch_size, first_clip_column(rcfg)

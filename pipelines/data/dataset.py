@@ -94,6 +94,7 @@ import pyarrow as pa
 import ray
 
 from pipelines.data import recipes
+from pipelines.data.executor import tune_executor
 from pipelines.data.ledger import DEFAULT_LEDGER, QuarantineLedger, get_ledger, write_quarantine
 from pipelines.data.recipes import RecipeConfig
 from pipelines.data.recipes.base import with_canvas
@@ -298,6 +299,7 @@ def build_pipeline(manifest_url: str, recipe: str | RecipeConfig, split: str, *,
     """
     cfg = recipes.recipe(recipe)
     options = options or LoaderOptions()
+    tune_executor()  # this process iterates the dataset (or hands it to Ray Train, whose coordinator does too)
     table = manifest.read_manifest(manifest_url)
     if cfg.needs_classes and num_classes is None:
         num_classes = infer_num_classes(table)

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -31,6 +32,7 @@ import numpy as np
 
 from pipelines.data import recipes, telemetry
 from pipelines.data.clip_cache import ClipCache
+from pipelines.data.executor import tune_executor
 from pipelines.data.ledger import LedgerClient
 from pipelines.data.recipes import RecipeConfig
 from pipelines.data.workers import init_decode_worker
@@ -39,6 +41,8 @@ from pipelines.io.video import read_frames
 from pipelines.prep.ingest import quarantine_row
 
 log = logging.getLogger(__name__)
+if "ray.data" in sys.modules:  # e.g. Ray Train's shard coordinator unpickling our stages: it runs the executor
+    tune_executor()
 _STUCK: list[threading.Thread] = []  # watchdog threads abandoned in this worker process
 FLOW_CODEC = "h264"  # pipelines.prep.flow stores flow as lossless libx264rgb at the video's size
 
