@@ -15,10 +15,12 @@ trainer through ``ray.train.get_dataset_shard(...).iter_torch_batches()`` (build
 ``LoaderOptions(strings=False)`` there: string columns are not tensors).
 
 Blocks. A decode task reads ``rows_per_task`` manifest rows (one Ray Data block): by default
-``clamp(n_rows / (4 * cpus), 16, 64)`` (:func:`auto_rows_per_task`), and never so many
-that a CPU of the cluster gets no block. Per-task costs (scheduling, ~25 ms of driver CPU
-per block, two ledger calls) are spread over 16–64 samples, while about four blocks per CPU
-keep the tail of an epoch short. Decode tasks run with the allocator and thread settings
+``clamp(n_rows / (4 * cpus), 16, cap)`` (:func:`auto_rows_per_task`), where ``cap`` keeps a
+block near ``BLOCK_BYTES`` (64 MiB of samples; 16–256 rows), and never so many that a CPU of
+the cluster gets no block. Per-task costs are spread over the block's samples: scheduling,
+~25 ms of driver CPU, two ledger calls, and the time in which the task's CPU idles between
+the end of one task and the start of the next (one or two turns of Ray Data's scheduling loop,
+0.02 s each with :mod:`pipelines.data.executor`'s setting, 0.1 s in Ray's default). About four blocks per CPU keep the tail of an epoch short. Decode tasks run with the allocator and thread settings
 of :mod:`pipelines.data.workers` (a Ray ``runtime_env``).
 
 Randomness. Sample ``i`` of epoch ``e`` draws everything (clip offsets, crops, flips,
@@ -32,8 +34,9 @@ epoch-spanning dataset, below, draws each epoch's order).
 
 Epoch-spanning datasets (``LoaderOptions(span_epochs=K, total_epochs=E)``, what training
 builds: ``data.epochs_per_execution``). Ray Data pays a fixed cost per execution: starting
-it, a scheduling loop that submits and collects tasks on a 0.1 s cadence, a ramp at the
-start and a tail at the end in which CPUs idle. Re-executed every epoch, that cost is paid
+it, a scheduling loop that submits and collects tasks on a fixed cadence, a ramp at the
+start and a tail at the end in which CPUs idle (:mod:`pipelines.data.executor` shortens the
+cadence and the ramp). Re-executed every epoch, that cost is paid
 every epoch; with small epochs it dominates (``bench/RESULTS.md``). An epoch-spanning
 dataset holds ``K * n`` slots (``n`` items) in blocks of ``rows_per_task`` consecutive slots,
 sized from all ``K * n``: slot ``f`` is place ``f % n`` of epoch ``base + f // n``, where
@@ -148,11 +151,23 @@ class LoaderOptions:
     total_epochs: int | None = None
 
 
-def auto_rows_per_task(n_rows: int, cpus: float) -> int:
-    """``clamp(n_rows / (4 * cpus), 16, 64)``, but at most ``ceil(n_rows / cpus)`` (every CPU gets a block)."""
+BLOCK_BYTES = 64 * 2**20  # a decode task's samples, about (Ray Data splits blocks above 128 MiB)
+
+
+def auto_rows_per_task(n_rows: int, cpus: float, sample_bytes: int = 0) -> int:
+    """``clamp(n_rows / (4 * cpus), 16, cap)``, but at most ``ceil(n_rows / cpus)`` (every CPU gets a
+    block); ``cap = clamp(BLOCK_BYTES / sample_bytes, 16, 256)``, 64 if the sample size is unknown."""
     cpus = max(1.0, float(cpus))
-    rows = min(64, max(16, int(n_rows / (4 * cpus))))
+    cap = min(256, max(16, BLOCK_BYTES // sample_bytes)) if sample_bytes > 0 else 64
+    rows = min(cap, max(16, int(n_rows / (4 * cpus))))
     return max(1, min(rows, math.ceil(n_rows / cpus)))
+
+
+def sample_bytes(cfg: RecipeConfig, num_classes: int | None) -> int:
+    """Bytes of one sample's fixed-size columns (strings count nothing)."""
+    return sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+               for dtype, shape in recipes.batch_schema(cfg, num_classes, with_stage=False).values()
+               if dtype != "string")
 
 
 # --------------------------------------------------------------------------- building
@@ -306,7 +321,7 @@ def build_pipeline(manifest_url: str, recipe: str | RecipeConfig, split: str, *,
     items, excluded, inputs = _items(table, cfg, split, limit)
     cfg = with_canvas(cfg, [r["height"] for r in items], [r["width"] for r in items])  # device-mode augmentation
     rows_per_task = options.rows_per_task or auto_rows_per_task(  # an execution's rows: every epoch it spans
-        len(items) * (options.span_epochs or 1), ray.cluster_resources().get("CPU", 1))
+        len(items) * (options.span_epochs or 1), ray.cluster_resources().get("CPU", 1), sample_bytes(cfg, num_classes))
     if cfg.shuffle and not options.span_epochs:
         items = [items[i] for i in epoch_order(len(items), seed, current_epoch(epoch), True)]
     run, ledger = uuid.uuid4().hex, get_ledger(options.ledger_name)

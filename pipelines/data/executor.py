@@ -1,43 +1,61 @@
-"""Ray Data's executor, tuned for executions that start often: how soon it sees the cluster's CPUs.
+"""Ray Data's executor, tuned for short decode tasks and executions that start often.
 
-Ray Data 2.60 takes an execution's resource limits from its autoscaling coordinator. The
-coordinator's answer is asynchronous (the first read returns an empty cache), and the
-resource manager refreshes the limits at most every ``GLOBAL_LIMITS_UPDATE_INTERVAL_S``
-(1 s, not configurable by an environment variable). Until the first refresh an execution
-has no CPU budget and runs one task: on 2 CPUs, for the first second of every execution,
-one CPU idles. ``bench/ray_overhead.py`` and a task timeline measured it (``bench/RESULTS.md``,
-2026-12-01): 720 clips in 12 blocks took 4.4–4.7 s, and 3.7–3.9 s with a 0.1 s refresh,
-where the second task started after 0.1–0.3 s instead of ~1 s.
+Two fixed intervals of Ray Data 2.60's streaming executor leave decode CPUs idle; neither has
+an environment variable or a ``DataContext`` field, so :func:`tune_executor` sets them in
+this process:
 
-:func:`tune_executor` sets the refresh to :data:`LIMITS_REFRESH_S` in this process. It must
-run where the executor runs: the driver that iterates a dataset, or the coordinator actor of
-Ray Train's dataset shards. Both import :mod:`pipelines.data.tasks` (the coordinator when
-it unpickles our stage functions), which calls it once Ray Data is loaded. The cost is one
-non-blocking actor call per refresh. ``VIDRAY_RAY_DATA_LIMITS_REFRESH_S`` overrides the
-interval; ``0`` or a Ray without this attribute leaves Ray's default.
+* ``ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S`` (Ray: 1 s). An execution takes its
+  resource limits from Ray Data's autoscaling coordinator, whose answer is asynchronous (the
+  first read returns an empty cache), and refreshes them at most this often. Until the
+  first refresh the execution has no CPU budget and runs one task: on 2 CPUs, one CPU idled
+  for the first second of every execution. Here: :data:`LIMITS_REFRESH_S`.
+* ``streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S`` (Ray: 0.1 s). Each turn
+  of the scheduling loop waits this long for *all* running tasks, so an ended task is
+  noticed (and its CPU given a new task) up to one or two turns late. Here: :data:`TURN_S`.
+
+Measured in ``bench/RESULTS.md`` (2026-12-01, 2 CPUs, 720 clips of 16 × 112² in one
+execution): 4.4–4.7 s → 3.7–3.9 s for the first, 215–232 → 246–262 clips/s for the second
+on top of it, for 0.1 ms more executor CPU per clip.
+
+It must run where the executor runs: the driver that iterates a dataset, or the coordinator
+actor of Ray Train's dataset shards. Both import :mod:`pipelines.data.tasks` (the
+coordinator when it unpickles our stage functions), which calls it once Ray Data is
+loaded; :func:`~pipelines.data.dataset.build_pipeline` calls it too. Environment
+variables override each interval; ``0`` (or a Ray without the attribute) leaves Ray's own.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 
 log = logging.getLogger(__name__)
 LIMITS_REFRESH_S = 0.1
-ENV = "VIDRAY_RAY_DATA_LIMITS_REFRESH_S"
+TURN_S = 0.02
+SETTINGS = {  # env variable: (module, attribute holder, attribute, our default)
+    "VIDRAY_RAY_DATA_LIMITS_REFRESH_S": ("ray.data._internal.execution.resource_manager", "ResourceManager",
+                                         "GLOBAL_LIMITS_UPDATE_INTERVAL_S", LIMITS_REFRESH_S),
+    "VIDRAY_RAY_DATA_TURN_S": ("ray.data._internal.execution.streaming_executor_state", None,
+                               "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", TURN_S),
+}
 
 
-def tune_executor() -> float | None:
-    """Set Ray Data's resource-limit refresh interval in this process; the interval set, or ``None``."""
-    seconds = float(os.environ.get(ENV, LIMITS_REFRESH_S))
-    if seconds <= 0:
-        return None
-    try:
-        from ray.data._internal.execution.resource_manager import ResourceManager
-    except ImportError:  # another Ray: leave its executor alone
-        return None
-    if not hasattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S"):
-        log.debug("Ray Data has no GLOBAL_LIMITS_UPDATE_INTERVAL_S; executor left as it is")
-        return None
-    ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = seconds
-    return seconds
+def tune_executor() -> dict[str, float]:
+    """Set Ray Data's executor intervals in this process; ``{attribute: seconds}`` of those set."""
+    done = {}
+    for env, (module_name, holder, attr, default) in SETTINGS.items():
+        seconds = float(os.environ.get(env, default))
+        if seconds <= 0:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # another Ray: leave its executor alone
+            continue
+        target = getattr(module, holder, None) if holder else module
+        if target is None or not hasattr(target, attr):
+            log.debug("Ray Data has no %s.%s; left as it is", module_name, attr)
+            continue
+        setattr(target, attr, seconds)
+        done[attr] = seconds
+    return done

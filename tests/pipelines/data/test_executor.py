@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 
-def test_the_executor_sees_the_cluster_soon(monkeypatch):
-    """Ray Data's resource limits refresh every 0.1 s in a process that builds or executes a
-    pipeline (Ray's default, 1 s, leaves one CPU idle for the first second of an execution);
-    ``VIDRAY_RAY_DATA_LIMITS_REFRESH_S=0`` keeps Ray's own setting."""
+def test_the_executor_sees_the_cluster_and_ended_tasks_soon(monkeypatch):
+    """Resource limits refresh every 0.1 s (Ray's 1 s left one CPU idle for an execution's first
+    second) and the scheduling loop turns every 0.02 s (Ray's 0.1 s left a CPU idle after each
+    task); an environment variable set to 0 keeps Ray's own value."""
+    from ray.data._internal.execution import streaming_executor_state
     from ray.data._internal.execution.resource_manager import ResourceManager
 
     from pipelines.data import executor
 
     monkeypatch.setattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", 1)
-    monkeypatch.setenv(executor.ENV, "0")
-    assert executor.tune_executor() is None and ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 1
-    monkeypatch.delenv(executor.ENV)
-    assert executor.tune_executor() == 0.1 and ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.1
+    monkeypatch.setattr(streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", 0.1)
+    monkeypatch.setenv("VIDRAY_RAY_DATA_LIMITS_REFRESH_S", "0")
+    assert executor.tune_executor() == {"WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.02}
+    assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 1
+    assert streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == 0.02
+    monkeypatch.delenv("VIDRAY_RAY_DATA_LIMITS_REFRESH_S")
+    monkeypatch.setenv("VIDRAY_RAY_DATA_TURN_S", "0.05")
+    assert executor.tune_executor() == {"GLOBAL_LIMITS_UPDATE_INTERVAL_S": 0.1, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.05}
+    assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.1

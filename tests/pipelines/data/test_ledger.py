@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipelines.data import recipes, tasks, telemetry
-from pipelines.data.dataset import LoaderOptions, auto_rows_per_task
+from pipelines.data.dataset import LoaderOptions, auto_rows_per_task, sample_bytes
 from pipelines.data.ledger import QuarantineLedger
 from pipelines.io import video
 from pipelines.io.probe import MediaError
@@ -132,6 +132,10 @@ def test_rows_per_task_follows_the_dataset_size():
     assert auto_rows_per_task(10_000, 16) == 64 and auto_rows_per_task(2_000, 16) == 31
     assert auto_rows_per_task(120, 2) == 16 and auto_rows_per_task(24, 2) == 12  # every CPU gets a block
     assert auto_rows_per_task(1, 8) == 1
+    clip = 16 * 112 * 112 * 3  # a 16 x 112² uint8 clip: 111 of them make 64 MiB
+    assert auto_rows_per_task(720, 2, clip) == 90 and auto_rows_per_task(10_000, 2, clip) == 111
+    assert auto_rows_per_task(10_000, 2, 32 * 224 * 224 * 3) == 16 and auto_rows_per_task(10_000, 2, 1000) == 256
+    assert sample_bytes(CFG, None) >= 8 * 64 * 64 * 3  # the debug clip and its small columns
 
 
 def test_reads_share_one_decode_thread_until_one_hangs():
