@@ -19,8 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from pipelines.data.augment import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _rgb(x: torch.Tensor) -> torch.Tensor:

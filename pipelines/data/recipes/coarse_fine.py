@@ -40,7 +40,7 @@ import dataclasses
 import numpy as np
 
 from pipelines.data import augment
-from pipelines.data.normalize import IMAGENET_MEAN
+from pipelines.data.augment import IMAGENET_MEAN
 from pipelines.data.recipes.activity import parse_segments, window_labels
 from pipelines.data.recipes.base import (Columns, PreviewRow, Read, RecipeConfig, _small, clip_row, frame_columns,
                                          labels_caption)
