@@ -22,3 +22,16 @@ def test_the_executor_sees_the_cluster_and_ended_tasks_soon(monkeypatch):
     monkeypatch.setenv("VIDRAY_RAY_DATA_TURN_S", "0.05")
     assert executor.tune_executor() == {"GLOBAL_LIMITS_UPDATE_INTERVAL_S": 0.1, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.05}
     assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.1
+
+
+def test_decode_workers_do_not_import_torch():
+    """A decode worker imports the stage module and every recipe (to unpickle its config): none of
+    them may pull in torch, which costs a new worker ~2 s of CPU and ~220 MB of RSS before its first read."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipelines.data.tasks, pipelines.data.recipes; "
+            "print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
