@@ -1,6 +1,6 @@
 """``jobs/tune.py`` end to end: a 2-trial ASHA sweep whose driver is killed mid-sweep, then ``--resume``.
 
-One sweep covers both checks of issue 13 (debug sizes, ~3 minutes on 2 cores):
+One sweep covers both checks of issue 13 (debug sizes, ~2 minutes on 2 cores):
 
 * the driver (a subprocess joining the session's Ray cluster as its own job) is SIGKILLed
   once the first trial has finished; ``--resume`` in this process completes the sweep: 2
