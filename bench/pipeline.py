@@ -285,16 +285,24 @@ def coclr_section(cfg: BenchConfig, data: dict[str, str]) -> dict[str, Any]:
             "epochs": cfg.coclr_epochs}
 
 
-def run(cfg: BenchConfig, root: Path) -> dict[str, Any]:
+def start_ray(cfg: BenchConfig) -> None:
+    """The benchmark's own embedded cluster of ``cfg.cores`` CPUs, quiet: no progress bars, and no
+    INFO line per executed dataset."""
     from pipelines.cluster import init_ray
 
     import ray
 
-    phase = common.PhaseTimer()
-
     init_ray(num_cpus=cfg.cores)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO line per executed dataset
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def run(cfg: BenchConfig, root: Path) -> dict[str, Any]:
+    import ray
+
+    phase = common.PhaseTimer()
+
+    start_ray(cfg)
     data = phase("generate+ingest", lambda: prepare_data(cfg, root))
     rcfg = recipes.recipe("classification", overrides=[f"clip_len={cfg.clip_len}", f"augment.out_size={cfg.crop}"])
     tp = phase("throughput", lambda: throughput(cfg, data["transcoded"], rcfg, cfg.epochs, cfg.rounds))
@@ -335,17 +343,25 @@ def parse_config(argv: list[str] | None) -> tuple[BenchConfig, str | None]:
     return cfg, args.data
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def bench_main(script: str, run_fn: Callable[[BenchConfig, Path], dict[str, Any]],
+               argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv``, ``run_fn(cfg, data folder)`` (a temporary one unless ``--data``), print the
+    enveloped report as the only line on stdout and return it (this and ``bench/ray_overhead.py``)."""
     cfg, data_dir = parse_config(argv)
     started, load_start = time.time(), load1()
     machine = machine_info()
+    name = Path(script).stem.replace("_", "-")
     # Ray forwards worker and raylet output to our stdout; stdout carries only the JSON object.
-    with tempfile.TemporaryDirectory(prefix="vidray-bench-pipeline-") as tmp, contextlib.redirect_stdout(sys.stderr):
-        report = run(cfg, Path(data_dir or tmp))
-    report = common.envelope("bench/pipeline.py", " ".join(["python"] + sys.argv), cfg.variant, report,
+    with tempfile.TemporaryDirectory(prefix=f"vidray-bench-{name}-") as tmp, contextlib.redirect_stdout(sys.stderr):
+        report = run_fn(cfg, Path(data_dir or tmp))
+    report = common.envelope(script, " ".join(["python"] + sys.argv), cfg.variant, report,
                              machine=machine, load_start=load_start, started=started)
     print(json.dumps(report))
     return report
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return bench_main("bench/pipeline.py", run, argv)
 
 
 if __name__ == "__main__":

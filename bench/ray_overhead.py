@@ -30,24 +30,18 @@ comparable only within one run; ``cpu_s_by_process`` of the last round names the
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import logging
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
-from bench.common import load1, log  # noqa: E402
-from bench.pipeline import machine_info, parse_config, prepare_data, timed  # noqa: E402
+from bench.common import log  # noqa: E402
+from bench.pipeline import bench_main, prepare_data, start_ray, timed  # noqa: E402
 from bench.pipeline_loaders import ClipDataset, RayRunner, SampleChunk, WorkerPool, items_of  # noqa: E402
 from pipelines.data import recipes  # noqa: E402
 from pipelines.data.tasks import epoch_order  # noqa: E402
@@ -164,11 +158,7 @@ def ladder(cfg, manifest_dir: str, rcfg: recipes.RecipeConfig) -> dict[str, Any]
 def run(cfg, root: Path) -> dict[str, Any]:
     import ray
 
-    from pipelines.cluster import init_ray
-
-    init_ray(num_cpus=cfg.cores)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    start_ray(cfg)
     try:
         data = prepare_data(cfg, root)
         rcfg = recipes.recipe("classification", overrides=[f"clip_len={cfg.clip_len}",
@@ -179,17 +169,8 @@ def run(cfg, root: Path) -> dict[str, Any]:
     return {**report, "config": {**dataclasses.asdict(cfg), "recipe": "classification"}}
 
 
-def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> dict[str, Any]:
-    cfg, data_dir = parse_config(argv)
-    started, load_start = time.time(), load1()
-    machine = machine_info()
-    with tempfile.TemporaryDirectory(prefix="vidray-bench-ray-overhead-") as tmp, \
-            contextlib.redirect_stdout(sys.stderr):  # Ray forwards worker output to stdout
-        report = run(cfg, Path(data_dir or tmp))
-    report = common.envelope("bench/ray_overhead.py", " ".join(["python"] + sys.argv), cfg.variant, report,
-                             machine=machine, load_start=load_start, started=started)
-    out(json.dumps(report))
-    return report
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return bench_main("bench/ray_overhead.py", run, argv)
 
 
 if __name__ == "__main__":

@@ -158,4 +158,3 @@ def test_reads_share_one_decode_thread_until_one_hangs():
     assert not hung.is_alive()  # an abandoned thread does not linger once its read returns
     with pytest.raises(MediaError, match="c.mp4: the decoder raised ZeroDivisionError"):
         tasks._with_watchdog(lambda: 1 / 0, "c.mp4", 5.0)
-
