@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
+from pipelines.data.augment_ops import gaussian_taps as gaussian_taps_np
+
 if TYPE_CHECKING:
     from pipelines.data.augment import ClipAugParams
 
@@ -283,31 +285,14 @@ def greyscale(x_BTHWC: torch.Tensor, grey_BT: torch.Tensor, channel_BT: torch.Te
 
 
 def gaussian_taps(sigma_B: torch.Tensor, K: int) -> torch.Tensor:
-    """OpenCV's uint8 Gaussian kernel in 1/256 (``getGaussianKernelBitExact`` then
-    ``getGaussianKernelFixedPoint_ED``: error diffusion from the outer taps, the centre takes the
-    rest of 256), ``2 * ceil(3 sigma) + 1`` taps centred in ``K`` (zeros outside), ``(B, K)`` int32.
-    Sigma 0 gives the identity.
+    """:func:`~pipelines.data.augment_ops.gaussian_taps` of each clip, centred in ``K`` taps (zeros outside),
+    ``(B, K)`` int32 on ``sigma_B``'s device (sigma 0: the identity). Built on the host: one copy of ``B`` sigmas.
     """
-    sig = sigma_B.to(torch.float64)[:, None]
-    R = K // 2
-    r_B1 = torch.ceil(3 * sig)
-    scale2x = -0.125 / torch.where(sig > 0, sig * sig, torch.ones_like(sig))
-    j = torch.arange(-R, 0, dtype=torch.float64, device=sigma_B.device)[None]  # the left half
-    t = torch.where(-j <= r_B1, torch.exp((2 * j) ** 2 * scale2x), torch.zeros_like(j))  # OpenCV's x = 2 j
-    total = torch.zeros_like(sig)
-    for k in range(R):  # summed from the outside in, as OpenCV
-        total = total + t[:, k:k + 1]
-    mul1 = 1 / (2 * total + 1)
-    err, left = torch.zeros_like(sig), torch.zeros_like(t)
-    for k in range(R):
-        adj = t[:, k:k + 1] * mul1 * 256 + err
-        left[:, k:k + 1] = torch.round(adj)
-        err = adj - left[:, k:k + 1]
-    centre = 256 - 2 * left.sum(1, keepdim=True)
-    taps = torch.cat([left, centre, left.flip(1)], dim=1)
-    identity = torch.zeros_like(taps)
-    identity[:, R] = 256
-    return torch.where(sig > 0, taps, identity).to(torch.int32)
+    taps_BK = np.zeros((len(sigma_B), K), np.int32)
+    for b, sigma in enumerate(sigma_B.cpu().tolist()):
+        taps = gaussian_taps_np(sigma)
+        taps_BK[b, K // 2 - len(taps) // 2:K // 2 + len(taps) // 2 + 1] = taps
+    return torch.from_numpy(taps_BK).to(sigma_B.device)
 
 
 def _reflect101(n: int, R: int, device: torch.device) -> torch.Tensor:
@@ -323,10 +308,11 @@ def _reflect101(n: int, R: int, device: torch.device) -> torch.Tensor:
 def blur(x_BTHWC: torch.Tensor, sigma_B: torch.Tensor) -> torch.Tensor:
     """Per-clip Gaussian blur as OpenCV's bit-exact uint8 GaussianBlur; clips with sigma 0 pass unchanged."""
     B, _, H, W, _ = x_BTHWC.shape
-    R = math.ceil(3 * float(sigma_B.max())) if len(sigma_B) else 0  # the one device-to-host copy
+    sigma = sigma_B.cpu()  # the one device-to-host copy
+    R = math.ceil(3 * float(sigma.max())) if len(sigma) else 0
     if R == 0:
         return x_BTHWC
-    taps_BK = gaussian_taps(sigma_B, 2 * R + 1)
+    taps_BK = gaussian_taps(sigma, 2 * R + 1).to(x_BTHWC.device)
     xi = x_BTHWC.to(torch.int32)
     rows = xi.index_select(3, _reflect101(W, R, xi.device))
     acc = torch.zeros_like(xi)

@@ -149,6 +149,13 @@ def test_blur_matches_per_frame_cv2_and_is_clip_consistent():
     p = A.BlurParams(1.3)
     ref = np.stack([cv2.GaussianBlur(f, (9, 9), 1.3) for f in x])
     np.testing.assert_array_equal(A.apply_blur(x, p), ref)
+    rng = _rng(5)  # every kernel width, frames smaller than the kernel, and many exact ties (GaussianBlur rounds up)
+    for H, W in ((64, 80), (5, 7), (1, 9)):
+        clip = rng.integers(0, 256, (3, H, W, 3), dtype=np.uint8)
+        for sigma in (0.1, 0.34, 0.5, 0.9, 1.67, 2.0, 2.6):
+            k = 2 * int(np.ceil(3 * sigma)) + 1
+            ref = np.stack([cv2.GaussianBlur(f, (k, k), sigma) for f in clip])
+            np.testing.assert_array_equal(A.apply_blur(clip, A.BlurParams(sigma)), ref, f"{H}x{W} sigma {sigma}")
     assert A.apply_blur(x, A.BlurParams(0.0)) is x
     assert _all_frames_equal(A.apply_blur(_static(), p))
     sig = [A.sample_blur(_rng(s), p=0.5).sigma for s in range(40)]
