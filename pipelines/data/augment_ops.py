@@ -196,7 +196,7 @@ def gaussian_taps(sigma: float) -> np.ndarray:
     """
     if sigma <= 0:
         return np.array([256], np.int32)
-    R = int(np.ceil(3 * sigma))
+    R = blur_ksize(sigma) // 2
     t = np.exp((2 * np.arange(-R, 0, dtype=np.float64)) ** 2 * (-0.125 / (sigma * sigma)))  # OpenCV's x = 2 j
     total = 0.0
     for v in t.tolist():

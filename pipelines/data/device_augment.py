@@ -38,12 +38,12 @@ when not square), ``C`` channels (3), ``K`` blur taps.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 
+from pipelines.data.augment_ops import blur_ksize
 from pipelines.data.augment_ops import gaussian_taps as gaussian_taps_np
 
 if TYPE_CHECKING:
@@ -309,7 +309,7 @@ def blur(x_BTHWC: torch.Tensor, sigma_B: torch.Tensor) -> torch.Tensor:
     """Per-clip Gaussian blur as OpenCV's bit-exact uint8 GaussianBlur; clips with sigma 0 pass unchanged."""
     B, _, H, W, _ = x_BTHWC.shape
     sigma = sigma_B.cpu()  # the one device-to-host copy
-    R = math.ceil(3 * float(sigma.max())) if len(sigma) else 0
+    R = blur_ksize(float(sigma.max())) // 2 if len(sigma) else 0
     if R == 0:
         return x_BTHWC
     taps_BK = gaussian_taps(sigma, 2 * R + 1).to(x_BTHWC.device)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from pipelines.data import augment as A
+from pipelines.data.augment_ops import blur_ksize
 
 
 def _rng(seed=0):
@@ -153,7 +154,7 @@ def test_blur_matches_per_frame_cv2_and_is_clip_consistent():
     for H, W in ((64, 80), (5, 7), (1, 9)):
         clip = rng.integers(0, 256, (3, H, W, 3), dtype=np.uint8)
         for sigma in (0.1, 0.34, 0.5, 0.9, 1.67, 2.0, 2.6):
-            k = 2 * int(np.ceil(3 * sigma)) + 1
+            k = blur_ksize(sigma)
             ref = np.stack([cv2.GaussianBlur(f, (k, k), sigma) for f in clip])
             np.testing.assert_array_equal(A.apply_blur(clip, A.BlurParams(sigma)), ref, f"{H}x{W} sigma {sigma}")
     assert A.apply_blur(x, A.BlurParams(0.0)) is x
