@@ -62,9 +62,9 @@ own sampling or augmentation code are bugs and fail the task.
 
 Decoder isolation (feasible in-process, no subprocess per video):
 
-* hang: every read runs in a watchdog thread (:mod:`pipelines.data.tasks`); a read past
-  ``decode_timeout_s`` is quarantined (``decode_timeout``), and a worker with
-  ``max_stuck_decoders`` stuck threads exits so that Ray replaces it.
+* hang: every read has a deadline (:mod:`pipelines.data.watchdog`); a read past
+  ``decode_timeout_s`` is quarantined (``decode_timeout``) and its worker exits, so that
+  Ray replaces it and retries the task, which skips the file.
 * native crash (segfault, abort from a C++ thread, OOM kill): the worker dies and Ray
   Data retries the task (its default for a dead worker: retry without limit). A task
   tells the ledger when its block begins and ends (one call each, with the block's
@@ -102,12 +102,12 @@ from pipelines.data.executor import tune_executor
 from pipelines.data.ledger import DEFAULT_LEDGER, QuarantineLedger, get_ledger, write_quarantine
 from pipelines.data.recipes import RecipeConfig
 from pipelines.data.recipes.base import with_canvas
-from pipelines.data.tasks import DecodeTimeout, batch_stage, current_epoch, epoch_order, sample_stage, span_stage
+from pipelines.data.tasks import batch_stage, current_epoch, epoch_order, sample_stage, span_stage
 from pipelines.data.workers import ray_runtime_env
 from pipelines.io import manifest
 from pipelines.prep.ingest import quarantine_row
 
-__all__ = ["DEFAULT_LEDGER", "DecodeTimeout", "LoaderOptions", "QuarantineLedger", "VideoPipeline",
+__all__ = ["DEFAULT_LEDGER", "LoaderOptions", "QuarantineLedger", "VideoPipeline",
            "auto_rows_per_task", "batch_stage", "build_dataset", "build_pipeline", "current_epoch", "get_ledger",
            "group_indices", "infer_num_classes", "sample_stage", "write_quarantine"]
 log = logging.getLogger(__name__)
@@ -124,8 +124,8 @@ class LoaderOptions:
             :func:`auto_rows_per_task`.
         num_cpus: CPUs reserved per decode task.
         backend: :func:`~pipelines.io.video.read_frames` backend.
-        decode_timeout_s: watchdog limit per read; ``None`` disables the watchdog.
-        max_stuck_decoders: abandoned decode threads after which a worker process exits.
+        decode_timeout_s: deadline per read (past it the video is quarantined and the worker
+            exits: :mod:`pipelines.data.watchdog`); ``None`` disables the watchdog.
         ledger_name: named :class:`~pipelines.data.ledger.QuarantineLedger` actor (get-or-create).
         strings: keep string columns (``video_id``, captions); ``False`` for ``iter_torch_batches``.
         telemetry: add the per-sample columns of :mod:`pipelines.data.telemetry`.
@@ -142,7 +142,6 @@ class LoaderOptions:
     num_cpus: float = 1.0
     backend: str = "auto"
     decode_timeout_s: float | None = 120.0
-    max_stuck_decoders: int = 2
     ledger_name: str = DEFAULT_LEDGER
     strings: bool = True
     telemetry: bool = True

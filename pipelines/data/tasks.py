@@ -6,11 +6,10 @@ one call out; per read only in a retried block), builds each sample with the rec
 ``sample`` and a guarded reader, adds the telemetry columns
 (:mod:`pipelines.data.telemetry`) and returns the block, as Arrow when it times the conversion.
 
-Guarded reads: every read runs in a long-lived daemon decode thread, waited for
-``decode_timeout_s``; on timeout the video is quarantined (``decode_timeout``) and the
-thread abandoned (the next read starts a new one). Once ``max_stuck_decoders`` threads are stuck in one worker process, the
-process sends what it has recorded to the ledger and exits, so that Ray replaces it (a
-thread stuck in native code cannot be killed); the retried task skips the recorded videos.
+Guarded reads: every read runs in the task's own thread under a deadline of
+``decode_timeout_s`` (:mod:`pipelines.data.watchdog`). A read past it is stuck in native
+code: the video is recorded in the ledger (``decode_timeout``) and the worker process
+exits, so that Ray replaces it and retries the task, which skips the recorded video.
 Reads name the codec and frame size from the manifest, so ``read_frames`` picks its
 backend without probing the file. With ``LoaderOptions.clip_cache`` a read of a video that
 the cache holds is a slice of its decoded frames (:mod:`pipelines.data.clip_cache`).
@@ -20,13 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
-import os
-import queue
 import sys
-import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -35,91 +30,35 @@ from pipelines.data.clip_cache import ClipCache
 from pipelines.data.executor import tune_executor
 from pipelines.data.ledger import LedgerClient
 from pipelines.data.recipes import RecipeConfig
+from pipelines.data.watchdog import WATCHDOG
 from pipelines.data.workers import init_decode_worker
 from pipelines.io.probe import MediaError
 from pipelines.io.video import read_frames
 from pipelines.prep.ingest import quarantine_row
 
-log = logging.getLogger(__name__)
 if "ray.data" in sys.modules:  # e.g. Ray Train's shard coordinator unpickling our stages: it runs the executor
     tune_executor()
-_STUCK: list[threading.Thread] = []  # watchdog threads abandoned in this worker process
 FLOW_CODEC = "h264"  # pipelines.prep.flow stores flow as lossless libx264rgb at the video's size
-
-
-class DecodeTimeout(MediaError):
-    """A read did not return within the watchdog limit."""
-
-    def __init__(self, uri: str, seconds: float) -> None:
-        super().__init__("decode_timeout", f"{uri}: decoding did not finish within {seconds:g} s "
-                                           f"(a hung decoder); the read was abandoned")
-        self.uri = uri
 
 
 class _Skipped(Exception):
     """The ledger said not to read this video (counted there)."""
 
 
-class _DecodeThread:
-    """A long-lived daemon thread that runs one read at a time for one calling thread.
-
-    Reads run here rather than in a fresh thread each: starting a thread per read cost
-    ~0.7 ms of CPU and a quarter of the wall time per 16-frame clip in a decode worker
-    (``bench/RESULTS.md``). A thread that misses its deadline is abandoned (``stuck``) and
-    leaves when its read ends; the caller's next read gets a new thread.
-    """
-
-    def __init__(self) -> None:
-        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self.stuck = False
-        self.thread = threading.Thread(target=self._serve, name="vidray-decode", daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stuck:
-            fn, box, done = self.jobs.get()
-            try:
-                box["value"] = fn()
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                box["error"] = exc
-            done.set()
-
-    def run(self, fn: Callable[[], np.ndarray], timeout_s: float) -> dict[str, Any] | None:
-        """``{"value": ...}`` or ``{"error": ...}``; ``None`` (and this thread abandoned) on timeout."""
-        box: dict[str, Any] = {}
-        done = threading.Event()
-        self.jobs.put((fn, box, done))
-        if done.wait(timeout_s):
-            return box
-        self.stuck = True
-        return None
-
-
-_DECODER = threading.local()  # .thread: the calling thread's _DecodeThread
-
-
-def _with_watchdog(fn: Callable[[], np.ndarray], uri: str, timeout_s: float | None) -> np.ndarray:
-    """``fn()`` in this thread's decode thread, waited for ``timeout_s`` (``None``: run it here);
-    untyped decoder errors become MediaError."""
-    if timeout_s is None:
-        try:
-            box = {"value": fn()}
-        except BaseException as exc:  # noqa: BLE001 - typed below
-            box = {"error": exc}
-    else:
-        decoder = getattr(_DECODER, "thread", None)
-        if decoder is None or decoder.stuck or not decoder.thread.is_alive():
-            decoder = _DECODER.thread = _DecodeThread()
-        box = decoder.run(fn, timeout_s)
-        if box is None:
-            _STUCK.append(decoder.thread)
-            raise DecodeTimeout(uri, timeout_s)
-    if "error" in box:
-        exc = box["error"]
-        if isinstance(exc, MediaError):
-            raise exc
+def _guarded(fn: Callable[[], np.ndarray], uri: str, timeout_s: float | None,
+             on_timeout: Callable[[float], None]) -> np.ndarray:
+    """``fn()`` in this thread, under a deadline of ``timeout_s`` (``None``: none); past it,
+    ``on_timeout(timeout_s)`` and the process exits (:mod:`pipelines.data.watchdog`). Untyped
+    decoder errors become MediaError."""
+    try:
+        if timeout_s is None:
+            return fn()
+        with WATCHDOG.guard(timeout_s, on_timeout):
+            return fn()
+    except MediaError:
+        raise
+    except Exception as exc:  # untyped decoder errors, typed here
         raise recipes.media_error("decoder_error", uri, f"the decoder raised {type(exc).__name__}: {exc}") from exc
-    return box["value"]
 
 
 @dataclasses.dataclass
@@ -163,7 +102,8 @@ class _Reader:
             b.skipped.append(uri)
             raise _Skipped(video_id)
         start, bytes0 = time.perf_counter(), telemetry.read_bytes()
-        frames = _with_watchdog(lambda: self.fn(uri, idx), uri, self.options.decode_timeout_s)
+        frames = _guarded(lambda: self.fn(uri, idx), uri, self.options.decode_timeout_s,
+                          lambda timeout_s: self._timed_out(video_id, uri, timeout_s))
         b.decode_s += time.perf_counter() - start
         b.bytes_read += telemetry.read_bytes() - bytes0
         self.last[video_id] = uri  # the sample's reads run one after another
@@ -172,6 +112,18 @@ class _Reader:
             raise recipes.media_error("decoder_error", uri, f"the decoder returned {type(frames).__name__} "
                                       f"{getattr(frames, 'shape', '')} for {len(idx)} frames")
         return frames
+
+    def _timed_out(self, video_id: str, uri: str, timeout_s: float) -> None:
+        """(The watchdog's thread, before the process exits.) Record the hung read; the block
+        stays open, so that the retried task reads per file and skips this one."""
+        b = self.block
+        record = quarantine_row(uri, "decode", "decode_timeout", (
+            f"{uri}: decoding did not finish within {timeout_s:g} s (a hung decoder); the worker "
+            f"process exited and the retried task skipped the file"), video_id=video_id)
+        if b.per_read:
+            b.client.fail(b.run, record)
+        else:
+            b.client.end_block(b.run, None, [*b.failed, record], b.skipped)
 
 
 def block_key(rows: list[dict]) -> str:
@@ -228,21 +180,12 @@ def _one_sample(row: dict, block: _Block, read: _Reader, make: Callable[..., dic
             block.client.fail(block.run, record)
         else:
             block.failed.append(record)
-        _exit_if_stuck(block, options.max_stuck_decoders)
         return None
     if block.per_read:
         block.client.done(block.run, row["video_id"])
     total = time.perf_counter() - start
     return {**sample, "t_decode_ms": 1000 * block.decode_s, "t_augment_ms": 1000 * (total - block.decode_s),
             "bytes_read": block.bytes_read}
-
-
-def _exit_if_stuck(block: _Block, limit: int) -> None:
-    if len([t for t in _STUCK if t.is_alive()]) < limit:
-        return
-    block.client.end_block(block.run, None, block.failed, block.skipped)  # keep the block open: a retry
-    log.error("%d decoder threads are stuck; exiting so that Ray replaces this worker", len(_STUCK))
-    os._exit(70)  # the retried task skips the recorded videos
 
 
 def _output(samples: list[dict], cfg: RecipeConfig, num_classes: int | None, timed: bool, drop: Sequence[str],

@@ -3,7 +3,7 @@
 Decode tasks (:mod:`pipelines.data.tasks`, with ``LoaderOptions(telemetry=True)``, the
 default) add one value per sample (:data:`COLUMNS`):
 
-* ``t_decode_ms``: wall time of the sample's reads (``read_frames`` in its watchdog thread);
+* ``t_decode_ms``: wall time of the sample's reads (its ``read_frames`` calls);
 * ``t_augment_ms``: the rest of the sample's wall time (index sampling, augmentation);
 * ``t_arrow_ms``: the block's numpy stacking and Arrow conversion, divided by its rows;
 * ``bytes_read``: bytes the worker process read from files during the sample's reads

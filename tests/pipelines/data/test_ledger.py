@@ -5,6 +5,7 @@ the read that killed a worker, and reads that name the manifest's codec."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -12,9 +13,10 @@ import pytest
 from pipelines.data import recipes, tasks, telemetry
 from pipelines.data.dataset import LoaderOptions, auto_rows_per_task, sample_bytes
 from pipelines.data.ledger import QuarantineLedger
+from pipelines.data.watchdog import EXIT_CODE, Watchdog
 from pipelines.io import video
-from pipelines.io.probe import MediaError
 from pipelines.io.encode import write_video
+from pipelines.io.probe import MediaError
 
 CFG = recipes.recipe("classification", debug_size=True)
 TRUNCATED = ("corrupt", "index_out_of_range")  # a third of the file: PyAV / decord's word for it
@@ -66,7 +68,7 @@ def _batch(rows: list[dict]) -> dict[str, np.ndarray]:
 
 def _run(rows, ledger, run="run", **options) -> dict:
     out = tasks.sample_stage(_batch(rows), cfg=CFG, seed=0, epoch=0, num_classes=None, run=run, ledger=ledger,
-                             options=LoaderOptions(decode_timeout_s=None, **options))
+                             options=LoaderOptions(**{"decode_timeout_s": None, **options}))
     return out.to_pydict() if hasattr(out, "to_pydict") else out
 
 
@@ -95,7 +97,7 @@ def test_a_block_talks_to_the_ledger_once_each_way(rows):
 
 
 def test_a_retried_block_pinpoints_the_read_that_killed_the_worker(rows, monkeypatch):
-    monkeypatch.setattr(tasks, "_with_watchdog", lambda fn, uri, timeout_s: fn())  # let Died escape
+    monkeypatch.setattr(tasks, "_guarded", lambda fn, uri, timeout_s, on_timeout: fn())  # let Died escape
     crash = rows[2]["uri"]
 
     def reader(uri, idx):
@@ -138,23 +140,45 @@ def test_rows_per_task_follows_the_dataset_size():
     assert sample_bytes(CFG, None) >= 8 * 64 * 64 * 3  # the debug clip and its small columns
 
 
-def test_reads_share_one_decode_thread_until_one_hangs():
-    """Guarded reads run in one long-lived thread; a read past its deadline is a DecodeTimeout,
-    its thread is abandoned (and leaves when the read ends) and the next read gets a new one."""
+def test_a_read_runs_in_its_own_thread_and_a_hung_one_is_recorded_before_the_exit():
+    """No thread per read: the read runs in the caller's thread, and a read past its deadline
+    gets ``on_timeout`` and then the exit (here recorded, not done)."""
     import threading
 
-    names = [tasks._with_watchdog(lambda: threading.get_ident(), "a.mp4", 5.0) for _ in range(3)]
-    assert len(set(names)) == 1 and names[0] != threading.get_ident()
-    release = threading.Event()
-    stuck_before = len(tasks._STUCK)
-    with pytest.raises(tasks.DecodeTimeout, match="hung.mp4"):
-        tasks._with_watchdog(lambda: release.wait(30), "hung.mp4", 0.2)
-    hung = tasks._STUCK[-1]
-    assert len(tasks._STUCK) == stuck_before + 1 and hung.ident == names[0] and hung.is_alive()
-    after = tasks._with_watchdog(lambda: threading.get_ident(), "b.mp4", 5.0)
-    assert after != names[0]
-    release.set()
-    hung.join(5)
-    assert not hung.is_alive()  # an abandoned thread does not linger once its read returns
+    exits, timed_out = [], []
+    dog = Watchdog(exit_fn=exits.append)
+    with dog.guard(5.0, timed_out.append):
+        assert threading.get_ident() == threading.main_thread().ident
+    with dog.guard(0.2, timed_out.append):
+        time.sleep(0.6)  # a hung decoder: the monitor wakes every 0.05 s here
+    assert timed_out == [0.2] and exits == [EXIT_CODE] and dog.reads == {}
+    with dog.guard(5.0, timed_out.append):  # a read that returns in time is not reported
+        time.sleep(0.2)
+    assert timed_out == [0.2] and exits == [EXIT_CODE]
     with pytest.raises(MediaError, match="c.mp4: the decoder raised ZeroDivisionError"):
-        tasks._with_watchdog(lambda: 1 / 0, "c.mp4", 5.0)
+        tasks._guarded(lambda: 1 / 0, "c.mp4", 5.0, timed_out.append)
+
+
+def test_a_hung_read_is_quarantined_and_its_block_left_open_for_the_retry(rows, monkeypatch):
+    """The watchdog's callback: the block's records so far plus ``decode_timeout`` go to the
+    ledger and the block stays open, so the retry reads per file and skips the hung one."""
+    ledger = SpyLedger()
+    hung = rows[2]["uri"]
+
+    def guarded(fn, uri, timeout_s, on_timeout):
+        if uri == hung:  # what the watchdog does past the deadline; then the process exits
+            on_timeout(timeout_s)
+            raise Died
+        return fn()
+
+    monkeypatch.setattr(tasks, "_guarded", guarded)
+    with pytest.raises(Died):
+        _run(rows, ledger, decode_timeout_s=7.0)
+    assert [name for name, _ in ledger.calls] == ["begin_block", "end_block"]
+    assert ledger.calls[1][1][1] is None  # end_block(run, None, ...): kept open
+    q = {r["video_id"]: r for r in ledger.rows("run")}
+    assert q["good1"]["kind"] == "decode_timeout" and "7 s" in q["good1"]["reason"]
+    monkeypatch.undo()
+    out = _run(rows, ledger)  # the retry: per read, the hung file skipped and counted once
+    assert "attempt" in [name for name, _ in ledger.calls] and list(out["video_id"]) == ["good0", "good2"]
+    assert len(out["video_id"]) + len(ledger.rows("run")) == len(rows)
