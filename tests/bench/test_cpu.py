@@ -1,0 +1,26 @@
+"""The benchmarks' CPU meter: a spawned child's CPU is counted, the meter's own is not."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+from bench.cpu import CpuMeter
+
+
+def _burn(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_a_spawned_child_is_counted_and_the_sampling_is_left_out():
+    child = multiprocessing.get_context("spawn").Process(target=_burn, args=(0.6,))
+    with CpuMeter(interval_s=0.05) as meter:
+        child.start()
+        child.join()
+    assert meter.own_s > 0  # every sample walked the process tree
+    raw = sum(cpu - meter.first.get(key, 0.0) for key, (g, cpu) in meter.last.items() if g in ("driver", "spawn"))
+    assert abs(meter.seconds("spawn") - (raw - meter.own_s)) < 1e-9
+    assert meter.seconds("spawn") >= 0.6 and meter.seconds("ray") < meter.seconds("spawn")
+    assert max(meter.by_process("spawn").values()) >= 0.6  # the child, by name
