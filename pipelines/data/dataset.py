@@ -20,7 +20,7 @@ block near ``BLOCK_BYTES`` (64 MiB of samples; 16–256 rows), and never so many
 the cluster gets no block. Per-task costs are spread over the block's samples: scheduling,
 ~25 ms of driver CPU, two ledger calls, and the time in which the task's CPU idles between
 the end of one task and the start of the next (one or two turns of Ray Data's scheduling loop,
-0.02 s each with :mod:`pipelines.data.executor`'s setting, 0.1 s in Ray's default). About four
+0.05 s each with :mod:`pipelines.data.executor`'s setting, 0.1 s in Ray's default). About four
 blocks per CPU keep the tail of an epoch short. Decode tasks run with the allocator and thread
 settings of :mod:`pipelines.data.workers` (a Ray ``runtime_env``).
 

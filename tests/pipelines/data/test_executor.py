@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def test_the_executor_sees_the_cluster_and_ended_tasks_soon(monkeypatch):
     """Resource limits refresh every 0.1 s (Ray's 1 s left one CPU idle for an execution's first
-    second) and the scheduling loop turns every 0.02 s (Ray's 0.1 s left a CPU idle after each
+    second) and the scheduling loop turns every 0.05 s (Ray's 0.1 s left a CPU idle after each
     task); an environment variable set to 0 keeps Ray's own value."""
     from ray.data._internal.execution import streaming_executor_state
     from ray.data._internal.execution.resource_manager import ResourceManager
@@ -15,12 +15,12 @@ def test_the_executor_sees_the_cluster_and_ended_tasks_soon(monkeypatch):
     monkeypatch.setattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", 1)
     monkeypatch.setattr(streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", 0.1)
     monkeypatch.setenv("VIDRAY_RAY_DATA_LIMITS_REFRESH_S", "0")
-    assert executor.tune_executor() == {"WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.02}
+    assert executor.tune_executor() == {"WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.05}
     assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 1
-    assert streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == 0.02
+    assert streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == 0.05
     monkeypatch.delenv("VIDRAY_RAY_DATA_LIMITS_REFRESH_S")
-    monkeypatch.setenv("VIDRAY_RAY_DATA_TURN_S", "0.05")
-    assert executor.tune_executor() == {"GLOBAL_LIMITS_UPDATE_INTERVAL_S": 0.1, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.05}
+    monkeypatch.setenv("VIDRAY_RAY_DATA_TURN_S", "0.02")
+    assert executor.tune_executor() == {"GLOBAL_LIMITS_UPDATE_INTERVAL_S": 0.1, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.02}
     assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.1
 
 
