@@ -58,21 +58,29 @@ class CpuMeter:
             except psutil.Error:  # ended while we looked
                 continue
 
-    def sample(self, baseline: bool = False) -> None:
+    def sample(self, baseline: bool = False, final: bool = False) -> None:
+        """Read every process's CPU. Only the sampling's CPU that falls between the driver's
+        first and last readings is in the driver's figure, so only that is counted in ``own_s``."""
         start = time.thread_time()
-        self._sample(baseline)
-        self.own_s += time.thread_time() - start
+        at_driver = self._sample(baseline)
+        end = time.thread_time()
+        self.own_s += end - at_driver if baseline else at_driver - start if final else end - start
 
-    def _sample(self, baseline: bool) -> None:
+    def _sample(self, baseline: bool) -> float:
+        """One reading of the tree; returns this thread's CPU time just after reading the driver."""
+        at_driver = time.thread_time()
         for proc, group in self._tree():
             try:
                 key, cpu = (proc.pid, proc.create_time()), _cpu(proc)
             except psutil.Error:
                 continue
+            if proc is self.driver:
+                at_driver = time.thread_time()
             self.first.setdefault(key, cpu if baseline else 0.0)
             self.last[key] = (group, cpu)
             if key not in self.names:
                 self.names[key] = _name(proc)
+        return at_driver
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -86,7 +94,7 @@ class CpuMeter:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.sample()
+        self.sample(final=True)
 
     def seconds(self, group: str) -> float:
         """CPU seconds of the driver and ``group`` during the measurement."""
