@@ -11,9 +11,9 @@ samples before it are made again.
 
 Why not a decode thread per read, or one long-lived decode thread that the task hands
 each read to and waits on: both cost CPU on every read to guard against a rare hang.
-The long-lived thread, on one core, cost 5.7 against 5.2 ms of CPU per 16-frame read
-(``bench/RESULTS.md``). A guard here is two attribute writes, and the monitor wakes about
-once a second.
+The long-lived thread cost 5.7 against 5.2 ms of CPU per 16-frame read (6.0 against 5.5
+pinned to one core; ``bench/RESULTS.md``). A guard here is two attribute writes, and the
+monitor wakes about once a second.
 """
 
 from __future__ import annotations
