@@ -112,7 +112,7 @@ class BenchConfig:
     gop: int = 8               # keyframe interval of the transcoded set
     batch_size: int = 16
     epochs: int = 6            # measured epochs per round (epoch 0 is the warm-up)
-    rounds: int = 2
+    rounds: int = 4            # medians of rotated rounds: rounds of one loader varied by up to 18 % (shared host)
     rss_clips: int = 5000
     rss_first: int = 500
     coclr_epochs: int = 2      # 0 skips the CoCLR section (flow computation + two-clip samples)
