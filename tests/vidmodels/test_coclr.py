@@ -278,8 +278,8 @@ def test_own_key_is_dropped_from_rows_with_other_positives_as_the_authors_do() -
     never = CoCLR(CoCLRConfig.debug(stage="coclr", queue_size=8, own_key_drop_p=0.0)).train()
     assert torch.equal(never._loss_positives(pos_BN), pos_BN)
     torch.manual_seed(0)
-    share = CoCLR(CoCLRConfig.debug(stage="coclr", queue_size=8))  # the authors' 0.9
-    drops = sum(not bool(share.train()._loss_positives(pos_BN)[0, 0]) for _ in range(2000)) / 2000
+    share = CoCLR(CoCLRConfig.debug(stage="coclr", queue_size=8)).train()  # the authors' 0.9
+    drops = sum(not bool(share._loss_positives(pos_BN)[0, 0]) for _ in range(2000)) / 2000
     assert abs(drops - 0.9) < 0.03
     with pytest.raises(ValueError, match="own_key_drop_p"):
         CoCLR(CoCLRConfig.debug(stage="coclr", queue_size=8, own_key_drop_p=1.5))
