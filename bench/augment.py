@@ -10,7 +10,9 @@ written with a ``gop``-frame keyframe interval as bench/pipeline.py's transcoded
 ``coclr`` also its Farneback flow video, stored as :mod:`pipelines.prep.flow` stores it)
 are built by ``recipes.make_sample`` three ways, each timed with ``time.process_time``:
 
-  decode_cpu_ms        the sample's ``read_frames(uri, indices, threads=1)`` calls (RGB and flow).
+  decode_cpu_ms        the sample's ``read_frames(uri, indices, threads=1, codec=..., size=...)``
+                       calls (RGB and flow), naming the codec and frame size as the pipeline's
+                       decode tasks do from the manifest, so that no read probes the file.
   augment_cpu_ms.new   ``make_sample`` fed the decoded frames: parameter sampling plus the
                        ``apply_*`` of :mod:`pipelines.data.augment` (sampling is the same in both
                        rows and costs a few tens of microseconds).
@@ -57,6 +59,7 @@ from bench import augment_reference, common
 from bench.common import load1
 from pipelines.config import apply_overrides
 from pipelines.data import augment, recipes
+from pipelines.data.tasks import media_of
 from pipelines.io.video import read_frames
 
 OPS = ("apply_crop", "apply_hflip", "apply_color_jitter", "apply_greyscale", "apply_blur")
@@ -113,19 +116,22 @@ def make_videos(cfg: BenchConfig, root: Path, with_flow: bool) -> dict[str, Any]
     if with_flow:
         flow_video(rgb, flow, method="farneback", expected_frames=cfg.frames)
     return {"video_id": "v", "uri": rgb, "flow_uri": flow if with_flow else "", "num_frames": cfg.frames,
-            "fps": syn.fps, "label": "c0", "label_index": 0, "segments": "[]", "row": 0}
+            "fps": syn.fps, "label": "c0", "label_index": 0, "segments": "[]", "row": 0, "codec": "h264",
+            "height": cfg.height, "width": cfg.width}
 
 
 class Reads:
     """``read`` functions for ``make_sample``: decoding (timed) and serving the decoded frames."""
 
-    def __init__(self) -> None:
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.media = media_of([row])  # uri -> (codec, (H, W)), as a decode task has them
         self.cache: dict[tuple[str, bytes], np.ndarray] = {}
         self.decode_s = 0.0
 
     def decode(self, video_id: str, uri: str, idx: np.ndarray) -> np.ndarray:
+        codec, size = self.media.get(uri, (None, None))
         start = time.process_time()
-        frames = read_frames(uri, idx, threads=1)
+        frames = read_frames(uri, idx, threads=1, codec=codec, size=size)
         self.decode_s += time.process_time() - start
         self.cache[(uri, np.asarray(idx).tobytes())] = frames
         return frames
@@ -156,7 +162,7 @@ def measure(cfg: BenchConfig, name: str, row: dict[str, Any]) -> dict[str, Any]:
     rcfg = recipes.recipe(recipe_name, overrides=overrides)
     if not rcfg.needs_flow:
         row = {**row, "flow_uri": ""}
-    reads = Reads()
+    reads = Reads(row)
 
     def run(read: Callable) -> float:
         start = time.process_time()
