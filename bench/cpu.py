@@ -64,7 +64,9 @@ class CpuMeter:
         start = time.thread_time()
         at_driver = self._sample(baseline)
         end = time.thread_time()
-        self.own_s += end - at_driver if baseline else at_driver - start if final else end - start
+        counted_from = at_driver if baseline else start  # before the driver's first reading: not in its figure
+        counted_to = at_driver if final else end         # after its last reading: not in it either
+        self.own_s += counted_to - counted_from
 
     def _sample(self, baseline: bool) -> float:
         """One reading of the tree; returns this thread's CPU time just after reading the driver."""

@@ -75,6 +75,13 @@ class _Block:
     decode_s: float = 0.0               # of the current sample
     bytes_read: int = 0
 
+    def fail(self, record: dict) -> None:
+        """A failed read's record: to the ledger at once in a retried block, else with ``end_block``."""
+        if self.per_read:
+            self.client.fail(self.run, record)
+        else:
+            self.failed.append(record)
+
 
 class _Reader:
     """``read(video_id, uri, idx)`` inside a decode task: the block's ledger rule, then a watched read."""
@@ -117,13 +124,11 @@ class _Reader:
         """(The watchdog's thread, before the process exits.) Record the hung read; the block
         stays open, so that the retried task reads per file and skips this one."""
         b = self.block
-        record = quarantine_row(uri, "decode", "decode_timeout", (
+        b.fail(quarantine_row(uri, "decode", "decode_timeout", (
             f"{uri}: decoding did not finish within {timeout_s:g} s (a hung decoder); the worker "
-            f"process exited and the retried task skipped the file"), video_id=video_id)
-        if b.per_read:
-            b.client.fail(b.run, record)
-        else:
-            b.client.end_block(b.run, None, [*b.failed, record], b.skipped)
+            f"process exited and the retried task skipped the file"), video_id=video_id))
+        if not b.per_read:
+            b.client.end_block(b.run, None, b.failed, b.skipped)
 
 
 def block_key(rows: list[dict]) -> str:
@@ -165,7 +170,7 @@ def current_epoch(epoch) -> int:
     return epoch if isinstance(epoch, (int, np.integer)) else int(ray.get(epoch.get.remote()))
 
 
-def _one_sample(row: dict, block: _Block, read: _Reader, make: Callable[..., dict], options) -> dict | None:
+def _one_sample(row: dict, block: _Block, read: _Reader, make: Callable[..., dict]) -> dict | None:
     """One sample with its telemetry, or ``None`` (failure recorded, or a known-bad file skipped)."""
     start = time.perf_counter()
     block.decode_s, block.bytes_read = 0.0, 0
@@ -174,12 +179,8 @@ def _one_sample(row: dict, block: _Block, read: _Reader, make: Callable[..., dic
     except _Skipped:
         return None
     except MediaError as exc:
-        record = quarantine_row(getattr(exc, "uri", row["uri"]), "decode", exc.kind, exc.reason,
-                                video_id=row["video_id"])
-        if block.per_read:
-            block.client.fail(block.run, record)
-        else:
-            block.failed.append(record)
+        block.fail(quarantine_row(getattr(exc, "uri", row["uri"]), "decode", exc.kind, exc.reason,
+                                  video_id=row["video_id"]))
         return None
     if block.per_read:
         block.client.done(block.run, row["video_id"])
@@ -287,7 +288,7 @@ def _samples(rows: list[dict], epoch: int, key: str, *, cfg: RecipeConfig, seed:
     def make(row: dict, read) -> dict:
         return recipes.make_sample(row, cfg, seed=seed, epoch=epoch, num_classes=num_classes, read=read)
 
-    samples = [s for s in (_one_sample(row, block, read, make, options) for row in rows) if s is not None]
+    samples = [s for s in (_one_sample(row, block, read, make) for row in rows) if s is not None]
     client.end_block(run, key, block.failed, block.skipped)
     return samples
 

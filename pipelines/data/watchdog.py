@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 log = logging.getLogger(__name__)
 EXIT_CODE = 70  # EX_SOFTWARE: the process ended itself so that Ray retries its task
 MAX_POLL_S = 1.0
+MIN_POLL_S = 0.05
 
 
 @dataclasses.dataclass
@@ -59,11 +60,12 @@ class Watchdog:
     def guard(self, timeout_s: float, on_timeout: Callable[[float], None]) -> Iterator[None]:
         """Run the body with a deadline ``timeout_s`` from now. Past it, the monitor calls
         ``on_timeout(timeout_s)`` and then ``exit_fn(EXIT_CODE)``."""
-        if self._monitor is None or not self._monitor.is_alive():
-            self._start(timeout_s)
-        elif timeout_s / 4 < self.poll_s:  # a shorter deadline: wake the monitor to poll faster
-            self.poll_s = max(0.05, timeout_s / 4)
+        poll_s = min(MAX_POLL_S, max(MIN_POLL_S, timeout_s / 4))
+        if poll_s < self.poll_s:  # a shorter deadline: the monitor polls faster from now on
+            self.poll_s = poll_s
             self._wake.set()
+        if self._monitor is None or not self._monitor.is_alive():
+            self._start()
         key = threading.get_ident()
         self.reads[key] = _Read(time.monotonic() + timeout_s, timeout_s, on_timeout)
         try:
@@ -71,11 +73,10 @@ class Watchdog:
         finally:
             self.reads.pop(key, None)
 
-    def _start(self, timeout_s: float) -> None:
+    def _start(self) -> None:
         with self._lock:
             if self._monitor is not None and self._monitor.is_alive():
                 return
-            self.poll_s = min(MAX_POLL_S, max(0.05, timeout_s / 4))
             self._monitor = threading.Thread(target=self._watch, name="vidray-read-watchdog", daemon=True)
             self._monitor.start()
 

@@ -12,6 +12,7 @@ def _burn(seconds: float) -> None:
     end = time.process_time() + seconds
     while time.process_time() < end:
         pass
+    time.sleep(0.5)  # stay alive for a few samples: an ended process counts up to its last sample
 
 
 def test_a_spawned_child_is_counted_and_the_sampling_is_left_out():
