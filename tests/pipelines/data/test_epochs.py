@@ -71,6 +71,21 @@ def test_rows_of_an_epoch_that_ended_elsewhere_are_skipped():
     assert [b["x"].tolist() for b in stream.batches(1)] == [[4, 5], [6, 7]]
 
 
+def test_a_batch_across_blocks_copies_only_its_own_rows():
+    # blocks of 5 rows, batches of 4: batch 2 takes row 4 of block 1 and rows 5-7 of block 2
+    blocks = [_block([0] * 5, 0), _block([0] * 5, 5)]
+    stream = EpochStream(_Source([dict(b) for b in blocks]), 4, start=lambda e: None)
+    batches = stream.batches(0)
+    got = [next(batches), next(batches)]
+    assert [b["x"].tolist() for b in got] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    second_block = blocks[1]["x"].untyped_storage().data_ptr()
+    assert got[0]["x"].untyped_storage().data_ptr() == blocks[0]["x"].untyped_storage().data_ptr()  # a view
+    assert got[1]["x"].untyped_storage().data_ptr() != second_block          # the crossing batch: a copy
+    rest = stream.pending[0][1]["x"]
+    assert rest.tolist() == [8, 9] and rest.untyped_storage().data_ptr() == second_block  # still a view
+    assert list(batches) == []                                                 # rows 8-9: the partial batch
+
+
 @pytest.mark.slow
 def test_one_execution_gives_each_epoch_the_per_epoch_samples(messy, ray_cluster):  # noqa: F811
     from pipelines.train.runtime import epoch_clock
