@@ -8,30 +8,50 @@ raylet forks). A measurement of pools or loaders counts the driver and ``spawn``
 Ray counts the driver and ``ray`` (the cluster is this benchmark's own, ``init_ray`` with
 ``address="local"``), so each figure carries its own framework's daemons and no other's.
 
-CPU is user + system time from ``psutil``. A background thread samples the tree every
-``interval_s`` so that processes which start or end during the measurement are counted
-up to their last sample (a process seen for the first time counts from zero). The
-sampling's own CPU (its thread's time: about 13 ms per sample with Ray's ~10 processes
-to walk, 0.2 ms per clip of a 150 clips/s measurement) is taken off the driver's: it is
-the meter's, not the measured loader's.
+CPU is user + system time from ``/proc/<pid>/stat`` (Linux; what ``psutil`` reads too). A
+background thread samples the tree every ``interval_s`` so that processes which start or end
+during the measurement are counted up to their last sample (a process seen for the first time
+counts from zero). One sample is one pass over ``/proc/*/stat``: parent, CPU and start time of
+every process at once, the tree built from the parents (``psutil``'s ``children(recursive=True)``
+scans ``/proc`` once per call: 13 ms per sample with Ray's ~10 processes, against about 1 ms
+here). The sampling's own CPU (its thread's time) is taken off the driver's: it is the meter's,
+not the measured loader's.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from typing import Iterable
+from collections import defaultdict
 
 import pipelines  # noqa: F401 - sets Ray's authentication default before ray is imported
 import ray  # noqa: F401 - psutil is not a dependency of ours: Ray vendors it and puts it on sys.path
 import psutil  # noqa: E402
 
 GROUPS = ("spawn", "ray")
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+Key = tuple[int, int]  # (pid, start time in clock ticks): a pid reused by a new process is a new key
 
 
-def _cpu(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system
+def _stat(pid: str) -> tuple[int, float, int] | None:
+    """``(parent pid, user + system CPU seconds, start time in ticks)`` of ``pid``; ``None`` if it ended."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            line = f.read()
+    except OSError:
+        return None
+    fields = line[line.rindex(b")") + 2:].split()  # after "pid (comm) ": the command may hold spaces
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS_PER_S, int(fields[19])
+
+
+def _processes() -> dict[int, tuple[int, float, int]]:
+    """Every process on the machine, as :func:`_stat`, in one pass over ``/proc``."""
+    table = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and (stat := _stat(pid)) is not None:
+            table[int(pid)] = stat
+    return table
 
 
 class CpuMeter:
@@ -39,24 +59,37 @@ class CpuMeter:
 
     def __init__(self, interval_s: float = 0.5) -> None:
         self.interval_s = interval_s
-        self.driver = psutil.Process()
-        self.first: dict[tuple[int, float], float] = {}
-        self.last: dict[tuple[int, float], tuple[str, float]] = {}
-        self.names: dict[tuple[int, float], str] = {}
+        self.driver = os.getpid()
+        self.first: dict[Key, float] = {}
+        self.last: dict[Key, tuple[str, float]] = {}
+        self.names: dict[Key, str] = {}
+        self.groups: dict[Key, str] = {}
         self.own_s = 0.0  # CPU of the sampling itself (in the driver), left out of every figure
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-cpu-meter", daemon=True)
 
-    def _tree(self) -> Iterable[tuple[psutil.Process, str]]:
-        yield self.driver, "driver"
-        for child in self.driver.children():
-            try:
-                group = "spawn" if "multiprocessing" in " ".join(child.cmdline()) else "ray"
-                yield child, group
-                for proc in child.children(recursive=True):
-                    yield proc, group
-            except psutil.Error:  # ended while we looked
-                continue
+    def _tree(self, table: dict[int, tuple[int, float, int]]) -> list[tuple[Key, float, str]]:
+        """``(key, CPU s, group)`` of the driver's descendants in ``table``; each driver child's group
+        (``spawn`` or ``ray``) is its whole subtree's."""
+        children = defaultdict(list)
+        for pid, (ppid, _, _) in table.items():
+            children[ppid].append(pid)
+        out = []
+        for child in children[self.driver]:
+            group = self._group(child, table[child][2])
+            todo = [child]
+            while todo:
+                pid = todo.pop()
+                _, cpu, start = table[pid]
+                out.append(((pid, start), cpu, group))
+                todo += children[pid]
+        return out
+
+    def _group(self, pid: int, start: int) -> str:
+        key = (pid, start)
+        if key not in self.groups:
+            self.groups[key] = "spawn" if "multiprocessing" in _cmdline(pid) else "ray"
+        return self.groups[key]
 
     def sample(self, baseline: bool = False, final: bool = False) -> None:
         """Read every process's CPU. Only the sampling's CPU that falls between the driver's
@@ -70,18 +103,14 @@ class CpuMeter:
 
     def _sample(self, baseline: bool) -> float:
         """One reading of the tree; returns this thread's CPU time just after reading the driver."""
+        driver = _stat(str(self.driver))
         at_driver = time.thread_time()
-        for proc, group in self._tree():
-            try:
-                key, cpu = (proc.pid, proc.create_time()), _cpu(proc)
-            except psutil.Error:
-                continue
-            if proc is self.driver:
-                at_driver = time.thread_time()
+        readings = [((self.driver, driver[2]), driver[1], "driver")] + self._tree(_processes())
+        for key, cpu, group in readings:
             self.first.setdefault(key, cpu if baseline else 0.0)
             self.last[key] = (group, cpu)
             if key not in self.names:
-                self.names[key] = _name(proc)
+                self.names[key] = _name(key[0])
         return at_driver
 
     def _loop(self) -> None:
@@ -115,13 +144,22 @@ class CpuMeter:
         return dict(sorted(spent.items(), key=lambda kv: -kv[1])[:top])
 
 
-def _name(proc: psutil.Process) -> str:
+def _cmdline(pid: int) -> str:
     try:
-        words = proc.cmdline()
-    except psutil.Error:
-        return "?"
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _name(pid: int) -> str:
+    """Ray's process title (e.g. ``ray::IDLE`` for a decode worker), else the script or command."""
+    words = _cmdline(pid).split()
     if not words:
-        return proc.name()
+        try:
+            return psutil.Process(pid).name()
+        except psutil.Error:
+            return "?"
     if words[0].startswith("ray::"):
         return words[0]
     script = next((w for w in words[1:] if w.endswith(".py") or "/" in w), words[0])
