@@ -9,7 +9,8 @@ written to a temporary folder and ingested twice, once transcoded to a short GOP
 (``gop``, default 8; x264 closed GOP) and once as the long-GOP originals (x264 defaults:
 keyint 250, B-frames, i.e. one keyframe per video here). The throughput figures use the
 transcoded set and exactly the same samples: the ``classification`` recipe's clips of
-epochs ``1..epochs`` (epoch 0 is the untimed warm-up), each drawn from
+epochs ``1..epochs`` (after an untimed warm-up from epoch 0: that epoch for the pools and
+the DataLoader, one whole execution for Ray, so each finds its workers started), each drawn from
 ``sample_rng(seed, epoch, video)`` and visited in the pipeline's order (drawn when it is
 built, at epoch 0). The four ways (:mod:`bench.pipeline_loaders`) share the decode call
 (``read_frames`` with the manifest's codec and size), the recipe's sampling and
@@ -49,7 +50,7 @@ augmentation code and the decode workers' allocator and thread settings
 
 The DataLoader uses ``spawn``: this process runs Ray (gRPC threads) and OpenCV, and
 forking a process that holds such thread pools can deadlock (decord #220, torchvision
-#9010); spawn only costs start-up time, which the warm-up epoch excludes. The four
+#9010); spawn only costs start-up time, which the warm-up excludes. The four
 throughput measurements run one after another, never at once, in ``rounds`` rounds with
 the order rotated each round; the headline figure is the median, and every round is in
 ``rounds_detail`` with the 1-minute load average around it. Compare ratios across
@@ -200,7 +201,7 @@ def throughput(cfg: BenchConfig, manifest_dir: str, rcfg: recipes.RecipeConfig, 
     runs, closers, ray_runner, split = _runners(cfg, manifest_dir, rcfg, items, epochs)
     names, detail = list(runs), {name: [] for name in runs}
     try:
-        log(f"{rcfg.name}: warm-up (epoch 0 of each)")
+        log(f"{rcfg.name}: warm-up (from epoch 0)")
         warm = {name: timed(lambda: fn([0]), CPU_GROUP[name]) for name, fn in runs.items()}
         ray_runner.stages = telemetry.StageTotals()  # measured epochs only
         split.clear()

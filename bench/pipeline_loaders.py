@@ -12,7 +12,6 @@ the same variables from the pipeline's runtime env.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import multiprocessing
 import os
 import time
@@ -30,7 +29,7 @@ from pipelines.io.video import read_frames
 Sample = list[tuple[str, np.ndarray]]  # the reads of one sample: (uri, frame indices) per file
 Media = dict[str, tuple[str | None, tuple | None]]  # uri -> (codec, (H, W)) from the manifest
 SPLIT = "train"
-ORDER_EPOCH = 0  # the warm-up epoch (the per-epoch build's order is drawn at this epoch)
+ORDER_EPOCH = 0  # the warm-up execution starts at this epoch (the measured ones at 1)
 
 
 def items_of(manifest_dir: str, rcfg: recipes.RecipeConfig, limit: int) -> list[dict]:
@@ -189,9 +188,15 @@ class Loader:
 
 
 class RayRunner:
-    """The pipeline as training builds it: built once, with an epoch clock, its measured epochs drawn
-    in one execution (``LoaderOptions.span_epochs``) and taken epoch by epoch from an
-    :class:`~pipelines.data.epochs.EpochStream`; the warm-up (epoch 0) is a per-epoch build.
+    """The pipeline as training builds it: built once, with an epoch clock, its epochs drawn in one
+    execution per run (``LoaderOptions.span_epochs``) and taken epoch by epoch from an
+    :class:`~pipelines.data.epochs.EpochStream`.
+
+    The warm-up (``run([ORDER_EPOCH])``) is one whole execution from that epoch, so the measured
+    executions find its decode workers started. A warm-up through a separate per-epoch build
+    did not: its workers were still leased to its tasks when the first measured execution
+    began, which started two new ones (4.5 s of CPU each at start-up, 13.2 against 10.1-10.5
+    CPU ms per clip in that round, 2026-12-01 14:13).
 
     ``stages`` sums the telemetry columns of every measured batch (decode, augment, Arrow ms).
     """
@@ -203,11 +208,9 @@ class RayRunner:
         self.clock_name = f"vidray-bench-pipeline-{os.getpid()}-{rcfg.name}"
         self.clock = epoch_clock(self.clock_name, ORDER_EPOCH)
         options = LoaderOptions(strings=False, rows_per_task=cfg.rows_per_task, backend=cfg.backend)
-        build = functools.partial(build_pipeline, manifest_dir, rcfg, SPLIT, seed=cfg.seed, epoch=self.clock,
-                                  limit=cfg.videos)
         self.options = options
-        self.warm = build(options=options)
-        self.pipe = build(options=dataclasses.replace(options, span_epochs=epochs, total_epochs=epochs + 1))
+        self.pipe = build_pipeline(manifest_dir, rcfg, SPLIT, seed=cfg.seed, epoch=self.clock, limit=cfg.videos,
+                                   options=dataclasses.replace(options, span_epochs=epochs, total_epochs=epochs + 1))
         self.batch_size, self.key = cfg.batch_size, first_clip_column(rcfg)
         self.rows_per_task = self.pipe.rows_per_task
         self.stages = telemetry.StageTotals()
@@ -218,15 +221,13 @@ class RayRunner:
         ray.get(self.clock.set.remote(epoch))
 
     def run(self, epochs: Iterable[int]) -> int:
-        """The samples of ``epochs`` (one execution for the measured ones); raises if one went missing."""
+        """The samples of ``epochs`` (one execution); raises if one went missing. ``[ORDER_EPOCH]``:
+        the warm-up, a whole execution from that epoch."""
         from pipelines.data.epochs import EpochStream
 
         epochs = list(epochs)
-        if epochs == [ORDER_EPOCH]:  # the warm-up
-            self._set_epoch(ORDER_EPOCH)
-            return self._check(ORDER_EPOCH, self.warm, sum(
-                self.stages.take(b)[self.key].shape[0] for b in self.warm.dataset.iter_torch_batches(
-                    batch_size=self.batch_size)))
+        if epochs == [ORDER_EPOCH]:
+            epochs = list(range(ORDER_EPOCH, ORDER_EPOCH + self.pipe.span_epochs))
         stream = EpochStream(self.pipe.dataset, self.batch_size, start=self._set_epoch, drop_last=False)
         return sum(self._check(e, self.pipe, sum(self.stages.take(b)[self.key].shape[0]
                                                  for b in stream.batches(e))) for e in epochs)
