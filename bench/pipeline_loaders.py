@@ -195,8 +195,8 @@ class RayRunner:
     The warm-up (``run([ORDER_EPOCH])``) is one whole execution from that epoch, so the measured
     executions find its decode workers started. A warm-up through a separate per-epoch build
     did not: its workers were still leased to its tasks when the first measured execution
-    began, which started two new ones (4.5 s of CPU each at start-up, 13.2 against 10.1-10.5
-    CPU ms per clip in that round, 2026-12-01 14:13).
+    began, which started two new ones (seconds of CPU each to start: 6.8 s in one warm-up), and
+    that round came out at 13.2 against 10.1-10.5 CPU ms per clip (2026-12-01 14:13).
 
     ``stages`` sums the telemetry columns of every measured batch (decode, augment, Arrow ms).
     """
