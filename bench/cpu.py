@@ -14,8 +14,8 @@ during the measurement are counted up to their last sample (a process seen for t
 counts from zero). One sample is one pass over ``/proc/*/stat``: parent, CPU and start time of
 every process at once, the tree built from the parents (``psutil``'s ``children(recursive=True)``
 scans ``/proc`` once per call: 13 ms per sample with Ray's ~10 processes, against about 3 ms
-here, on a machine of ~65 processes). The sampling's own CPU (its thread's time) is taken off the driver's: it is the meter's,
-not the measured loader's.
+here, on a machine of ~65 processes). The sampling's own CPU (its thread's time) is taken off
+the driver's: it is the meter's, not the measured loader's.
 """
 
 from __future__ import annotations
