@@ -25,21 +25,24 @@ import threading
 import time
 from collections import defaultdict
 
-import pipelines  # noqa: F401 - sets Ray's authentication default before ray is imported
-import ray  # noqa: F401 - psutil is not a dependency of ours: Ray vendors it and puts it on sys.path
-import psutil  # noqa: E402
-
 GROUPS = ("spawn", "ray")
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 Key = tuple[int, int]  # (pid, start time in clock ticks): a pid reused by a new process is a new key
 
 
-def _stat(pid: str) -> tuple[int, float, int] | None:
-    """``(parent pid, user + system CPU seconds, start time in ticks)`` of ``pid``; ``None`` if it ended."""
+def _proc_file(pid: int | str, name: str) -> bytes | None:
+    """``/proc/<pid>/<name>``, or ``None`` if the process has ended."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            line = f.read()
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
     except OSError:
+        return None
+
+
+def _stat(pid: int | str) -> tuple[int, float, int] | None:
+    """``(parent pid, user + system CPU seconds, start time in ticks)`` of ``pid``; ``None`` if it ended."""
+    line = _proc_file(pid, "stat")
+    if line is None:
         return None
     fields = line[line.rindex(b")") + 2:].split()  # after "pid (comm) ": the command may hold spaces
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS_PER_S, int(fields[19])
@@ -103,7 +106,7 @@ class CpuMeter:
 
     def _sample(self, baseline: bool) -> float:
         """One reading of the tree; returns this thread's CPU time just after reading the driver."""
-        driver = _stat(str(self.driver))
+        driver = _stat(self.driver)
         at_driver = time.thread_time()
         readings = [((self.driver, driver[2]), driver[1], "driver")] + self._tree(_processes())
         for key, cpu, group in readings:
@@ -145,21 +148,14 @@ class CpuMeter:
 
 
 def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
+    return (_proc_file(pid, "cmdline") or b"").replace(b"\0", b" ").decode(errors="replace").strip()
 
 
 def _name(pid: int) -> str:
     """Ray's process title (e.g. ``ray::IDLE`` for a decode worker), else the script or command."""
     words = _cmdline(pid).split()
-    if not words:
-        try:
-            return psutil.Process(pid).name()
-        except psutil.Error:
-            return "?"
+    if not words:  # no command line (a zombie, a kernel thread): the kernel's short name
+        return (_proc_file(pid, "comm") or b"?").decode(errors="replace").strip()
     if words[0].startswith("ray::"):
         return words[0]
     script = next((w for w in words[1:] if w.endswith(".py") or "/" in w), words[0])
