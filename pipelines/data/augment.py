@@ -27,6 +27,7 @@ Shape legend: ``T`` frames, ``H`` height, ``W`` width, ``C`` channels, ``B`` bat
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -41,6 +42,7 @@ from pipelines.data.augment_ops import (
 )
 
 Scope = Literal["clip", "block", "frame"]
+_IDENTITY_41 = np.array([[1.0], [1.0], [1.0], [0.0]])  # brightness, contrast, saturation, hue of no jitter
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # Normalize() of the DPC and CoCLR code
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -83,11 +85,12 @@ def sample_resized_crop(rng: np.random.Generator, height: int, width: int, *, ou
     Up to 10 attempts draw an area fraction uniformly in ``area`` and a log-uniform
     aspect ratio in ``ratio``; if none fits, the largest centred square is used.
     """
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
         target = height * width * rng.uniform(*area)
-        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
-        w = int(round(np.sqrt(target * aspect)))
-        h = int(round(np.sqrt(target / aspect)))
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             y0 = int(rng.integers(0, height - h + 1))
             x0 = int(rng.integers(0, width - w + 1))
@@ -157,14 +160,12 @@ def sample_color_jitter(rng: np.random.Generator, num_frames: int, *, scope: Sco
     """
     groups = _group_ids(num_frames, scope, block_len)
     G = int(groups[-1]) + 1 if num_frames else 0
-
-    def factor(s: float) -> np.ndarray:
-        return rng.uniform(max(0.0, 1 - s), 1 + s, G)
-
-    draws = np.stack([factor(brightness), factor(contrast), factor(saturation), rng.uniform(-hue, hue, G)])
-    on = rng.random(G) < p
-    draws = np.where(on, draws, np.array([[1.0], [1.0], [1.0], [0.0]])).astype(np.float32)
-    b, c, s, h = draws[:, groups]
+    lo_41 = np.array([[max(0.0, 1 - brightness)], [max(0.0, 1 - contrast)], [max(0.0, 1 - saturation)], [-hue]])
+    hi_41 = np.array([[1 + brightness], [1 + contrast], [1 + saturation], [hue]])
+    u_5G = rng.random((5, G))  # in order: G draws of each factor, of the hue, of the decision
+    draws_4G = lo_41 + (hi_41 - lo_41) * u_5G[:4]  # = rng.uniform(lo, hi, G) per row, bit for bit
+    draws_4G[:, u_5G[4] >= p] = _IDENTITY_41
+    b, c, s, h = draws_4G.astype(np.float32)[:, groups]
     return ColorJitterParams(b, c, s, h)
 
 
@@ -268,7 +269,7 @@ class ClipAugParams:
         """A one-line summary for previews."""
         c = self.crop
         return (f"crop y{c.y0} x{c.x0} {c.h}x{c.w}->{c.out_h}x{c.out_w} flip={int(self.flip)} "
-                f"jitter={int(np.sum(self.color.brightness_T != 1))}/{len(self.color.brightness_T)}f "
+                f"jitter={int((self.color.brightness_T != 1).sum())}/{len(self.color.brightness_T)}f "
                 f"grey={int(self.grey.grey_T.sum())}f blur={self.blur.sigma:.2f}")
 
 
@@ -338,8 +339,8 @@ def augment_pair(rgb_THWC: np.ndarray, flow_THWC: np.ndarray, params: ClipAugPar
 
 
 def _jitters(p: ColorJitterParams) -> bool:
-    return bool(np.any(p.brightness_T != 1) or np.any(p.contrast_T != 1)
-                or np.any(p.saturation_T != 1) or np.any(p.hue_T != 0))
+    return bool((p.brightness_T != 1).any() or (p.contrast_T != 1).any()
+                or (p.saturation_T != 1).any() or (p.hue_T != 0).any())
 
 
 def normalize(x_BTHWC: Any, mean: tuple[float, ...] = IMAGENET_MEAN,

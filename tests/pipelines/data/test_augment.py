@@ -105,6 +105,18 @@ def test_color_jitter_probability_and_identity():
     np.testing.assert_array_equal(A.apply_color_jitter(x, ident), x)
 
 
+def test_color_jitter_draws_are_those_of_one_uniform_call_per_factor():
+    """Seeds keep giving the same clips: the factors are ``rng.uniform`` per factor, then the decisions."""
+    for G, scope in ((1, "clip"), (4, "block"), (13, "frame")):
+        got, rng = A.sample_color_jitter(_rng(G), 13, scope=scope, block_len=4, p=0.6, hue=0.3), _rng(G)
+        draws = np.stack([rng.uniform(0.6, 1.4, G), rng.uniform(0.6, 1.4, G), rng.uniform(0.6, 1.4, G),
+                          rng.uniform(-0.3, 0.3, G)])
+        draws = np.where(rng.random(G) < 0.6, draws, np.array([[1.0], [1.0], [1.0], [0.0]])).astype(np.float32)
+        groups = A._group_ids(13, scope, 4)
+        for row, f in zip(draws, ("brightness_T", "contrast_T", "saturation_T", "hue_T")):
+            np.testing.assert_array_equal(getattr(got, f), row[groups])
+
+
 def test_color_jitter_matches_torchvision_definitions():
     x = _video(T=2)
     one, zero = np.ones(2, np.float32), np.zeros(2, np.float32)

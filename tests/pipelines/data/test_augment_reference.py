@@ -118,6 +118,21 @@ def test_jitter_edge_cases():
     np.testing.assert_array_equal(out[[0, 2, 4, 5]], x[[0, 2, 4, 5]])  # frames left alone stay exact
 
 
+def test_jitter_in_chunks_of_one_or_a_few_frames(monkeypatch):
+    """Runs of jittered frames cut into chunks of at most ``K`` frames, each run and chunk boundary
+    crossed (frame scope, some frames left alone)."""
+    rng = np.random.default_rng(3)
+    x = _clip(rng, 11, 16, 16, 1)
+    p = A.sample_color_jitter(rng, 11, scope="frame", p=0.7, brightness=0.6, contrast=0.6, saturation=0.6, hue=0.5)
+    assert 0 < (p.brightness_T == 1).sum() < 11
+    ref = R.apply_color_jitter(x, p)
+    for K in (1, 2, 3, 11):
+        monkeypatch.setattr("pipelines.data.augment_ops._CHUNK_PIXELS", K * 16 * 16)
+        out = A.apply_color_jitter(x, p)
+        _close(out, ref, f"K={K}")
+        np.testing.assert_array_equal(out[p.brightness_T == 1], x[p.brightness_T == 1])
+
+
 def test_one_frame_and_tiny_frames():
     cfg = dataclasses.replace(A.coclr(), out_size=3, jitter_p=1.0, grey_p=1.0, blur_p=1.0)
     for T, H, W in ((1, 2, 2), (3, 1, 5), (2, 4, 1)):
