@@ -153,10 +153,17 @@ def _cmdline(pid: int) -> str:
 
 def _name(pid: int) -> str:
     """Ray's process title (e.g. ``ray::IDLE`` for a decode worker), else the script or command."""
-    words = _cmdline(pid).split()
-    if not words:  # no command line (a zombie, a kernel thread): the kernel's short name
-        return (_proc_file(pid, "comm") or b"?").decode(errors="replace").strip()
+    return _name_of(_cmdline(pid).split()) or (_proc_file(pid, "comm") or b"?").decode(errors="replace").strip()
+
+
+def _name_of(words: list[str]) -> str:
+    """The name of a command line: Ray's process title, a Python interpreter's script, else the
+    executable (``gcs_server``, whose first path argument is its log folder); "" for none."""
+    if not words:  # no command line (a zombie, a kernel thread)
+        return ""
     if words[0].startswith("ray::"):
         return words[0]
-    script = next((w for w in words[1:] if w.endswith(".py") or "/" in w), words[0])
-    return script.rsplit("/", 1)[-1][:40]
+    exe = words[0].rsplit("/", 1)[-1]
+    if exe.startswith("python"):
+        exe = next((w for w in words[1:] if w.endswith(".py") or "/" in w), exe).rsplit("/", 1)[-1]
+    return exe[:40]
