@@ -39,18 +39,10 @@ from pipelines.local_head import (
     _signal,
     _signal_group,
     _wait_gone,
+    auth_token,
 )
 
 NODE_RESOURCE = "vr_node_{}"  # custom resource that names worker node i (1-based)
-
-
-def auth_token(env: Mapping[str, str]) -> str | None:
-    """The Ray auth token a client with ``env`` sends: ``RAY_AUTH_TOKEN``, the file at
-    ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token`` (what ``ray get-auth-token --generate`` writes)."""
-    if env.get("RAY_AUTH_TOKEN"):
-        return env["RAY_AUTH_TOKEN"].strip()
-    path = Path(env.get("RAY_AUTH_TOKEN_PATH") or Path(env.get("HOME", str(Path.home()))) / ".ray" / "auth_token")
-    return path.read_text().strip() if path.exists() else None
 
 
 def http_get(url: str, token: str | None = None, timeout: float = 10.0) -> tuple[int, str]:

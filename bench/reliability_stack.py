@@ -91,7 +91,8 @@ def stack(work: Path, *, head_cpus: int = 0, worker_cpus: tuple[int, ...] = (2, 
         s3 = stop.enter_context(MotoS3(work / "moto"))
         s3.create_bucket(BUCKET)
         proxy = stop.enter_context(FaultProxy(s3.url, rate=0.0, seed=0))
-        mlflow = stop.enter_context(MlflowServer(work / "mlflow"))
+        mlflow = MlflowServer(work / "mlflow").launch()  # it boots while the cluster starts
+        stop.callback(mlflow.stop)
         switch = TcpSwitch(mlflow.port)
         switch.on()
         stop.callback(switch.off)
@@ -102,6 +103,7 @@ def stack(work: Path, *, head_cpus: int = 0, worker_cpus: tuple[int, ...] = (2, 
                "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
         cluster = LocalCluster(head_cpus=head_cpus, worker_cpus=worker_cpus, env=env, keep_logs=keep_logs, echo=log)
         stop.enter_context(cluster)
+        mlflow.wait_ready()
         yield Stack(work, cluster, s3, proxy, mlflow, switch,
                     {**creds, "RAY_AUTH_TOKEN": token.read_text().strip()})
 

@@ -107,6 +107,30 @@ def _alive(pgid: int, members: set[tuple[int, int]]) -> set[int]:
                     if pid in table and table[pid][3] == started and table[pid][2] != "Z"}
 
 
+def auth_token(env: Mapping[str, str]) -> str | None:
+    """The Ray auth token a client with ``env`` sends, in Ray's order: ``RAY_AUTH_TOKEN``, the file at
+    ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``; None when there is none."""
+    if env.get("RAY_AUTH_TOKEN"):
+        return env["RAY_AUTH_TOKEN"].strip()
+    path = Path(env.get("RAY_AUTH_TOKEN_PATH") or Path(env.get("HOME", str(Path.home()))) / ".ray" / "auth_token")
+    return path.read_text().strip() if path.is_file() else None
+
+
+def job_server_answers(dashboard_url: str, token: str | None) -> bool:
+    """Whether the job API answers ``GET /api/jobs/`` with 200, as ``ray job list`` needs it to
+    (sent directly: a ``ray`` CLI start costs ~2.5 s of CPU, against the head's own boot)."""
+    import http.client
+    import urllib.request
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+    try:
+        with opener.open(urllib.request.Request(f"{dashboard_url}/api/jobs/", headers=headers), timeout=10) as r:
+            return r.status == 200
+    except (OSError, http.client.HTTPException):  # refused, reset, 401/403/5xx (HTTPError), half-up server
+        return False
+
+
 class LocalHead:
     """A private Ray head node on this machine that never disturbs other Ray clusters.
 
@@ -207,7 +231,7 @@ class LocalHead:
             raise RuntimeError(f"this head already runs (pid {self._proc.pid})")
         self.ports = self._pick_ports()
         self.temp_dir = tempfile.mkdtemp(prefix="vr", dir="/tmp")
-        if self.env.get("RAY_AUTH_MODE") == "token":
+        if self.env.get("RAY_AUTH_MODE") == "token" and auth_token(self.env) is None:
             subprocess.run([self.ray_bin, "get-auth-token", "--generate"], env=self.env, capture_output=True,
                            check=False)
         with open(self.log_path, "ab") as out:  # the child keeps its own descriptor
@@ -253,20 +277,16 @@ class LocalHead:
         return cmd
 
     def _wait_ready(self) -> None:
-        """Poll ``ray job list`` until the head's job server answers."""
+        """Poll the job API (what ``ray job list`` asks, with this head's token) until it answers."""
+        token = auth_token(self.env) if self.env.get("RAY_AUTH_MODE") == "token" else None
         deadline = time.time() + self.startup_timeout_s
         while time.time() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"`ray start --head` exited with {self._proc.returncode}\n{self._log_tail()}")
-            try:
-                ok = subprocess.run([self.ray_bin, "job", "list", "--address", self.dashboard_url], env=self.env,
-                                    capture_output=True, timeout=60, check=False).returncode == 0
-            except subprocess.TimeoutExpired:
-                ok = False
-            if ok:
+            if job_server_answers(self.dashboard_url, token):
                 return
-            time.sleep(1)
-        raise RuntimeError(f"the Ray head did not answer `ray job list --address {self.dashboard_url}` within "
+            time.sleep(0.25)
+        raise RuntimeError(f"the Ray head's job API ({self.dashboard_url}/api/jobs/) did not answer within "
                            f"{self.startup_timeout_s:.0f}s\n{self._log_tail()}")
 
     def _log_tail(self, lines: int = 40) -> str:

@@ -50,9 +50,12 @@ def bench():
     return load_bench()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def one_node(bench):
-    """S3 (moto) behind the fault proxy, MLflow, and a one-node Ray cluster (2 CPUs, token auth)."""
+    """S3 (moto) behind the fault proxy, MLflow, and a one-node Ray cluster (2 CPUs, token auth).
+
+    Package-scoped: shared by the tests here, and stopped before the next package's tests run
+    (an idle head with its dashboard costs ~8 % of a core)."""
     work = _work("vrt")
     try:
         with bench.stack(work, head_cpus=2, worker_cpus=()) as st:
