@@ -12,7 +12,7 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 # Ray Train's preemption watcher only observes node drains, which no test makes; it is one more
-# actor process per worker-group start (~3.5 s on 2 busy cores). Inherited by every cluster and
+# actor process per worker-group start (~2.5 s of a fit on 2 busy cores). Inherited by every cluster and
 # driver the tests start; an explicit setting wins.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 # Runs and models of tests never land in the user's store (~/.vidray): a fresh home per session,
