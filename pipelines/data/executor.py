@@ -1,8 +1,8 @@
 """Ray Data's executor, tuned for short decode tasks and executions that start often.
 
-Two fixed intervals of Ray Data 2.60's streaming executor leave decode CPUs idle; neither has
-an environment variable or a ``DataContext`` field, so :func:`tune_executor` sets them in
-this process:
+Three settings of Ray Data 2.60's streaming executor leave decode CPUs idle. The first two
+have no environment variable or ``DataContext`` field, and the third's variable is read when
+Ray Data is imported, so :func:`tune_executor` sets them in this process:
 
 * ``ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S`` (Ray: 1 s). An execution takes its
   resource limits from Ray Data's autoscaling coordinator, whose answer is asynchronous (the
@@ -13,7 +13,17 @@ this process:
   of the scheduling loop waits this long for *all* running tasks, so an ended task is
   noticed (and its CPU given a new task) up to one or two turns late. Here: :data:`TURN_S`.
 
-Measured in ``bench/RESULTS.md`` (2026-12-01, 2 CPUs, 720 clips of 16 × 112² in one
+* ``metadata_fetcher._PREFETCH_ON_THREAD`` (Ray: on, ``RAY_DATA_METADATA_PREFETCH_ON_THREAD``).
+  A task's output metadata is fetched by a background thread, and the task counts as done
+  (its CPU free for the next task) only once that thread has published it and a later turn
+  of the loop has seen it: a decode worker idled 98 ms median between two tasks of ~0.9 s
+  (``ray.timeline()``, 29 gaps), 42 ms with the metadata fetched inline (2026-12-01 20:10,
+  2 CPUs, 90-row blocks of 16 × 112² clips). Alternated in one cluster, 6 rounds each of
+  720 clips: 151.0 against 143.1 clips/s, 11.72 against 11.97 CPU ms per clip (the thread
+  polls as well). Here: inline (:data:`INLINE_METADATA`), unless
+  ``RAY_DATA_METADATA_PREFETCH_ON_THREAD`` is set, which is left to decide.
+
+Measured in ``bench/RESULTS.md`` for the first two (2026-12-01, 2 CPUs, 720 clips of 16 × 112² in one
 execution): 4.4–4.7 s → 3.7–3.9 s for the first. For the second, with the driver only
 counting blocks, 215–232 clips/s at Ray's 0.1 s, 237–250 at 0.05 s and 246–262 at 0.02 s,
 for 0.1 ms more executor CPU per clip at 0.02 s; with the driver taking every batch (the
@@ -24,7 +34,7 @@ It must run where the executor runs: the driver that iterates a dataset, or the 
 actor of Ray Train's dataset shards. Both import :mod:`pipelines.data.tasks` (the
 coordinator when it unpickles our stage functions), which calls it once Ray Data is
 loaded; :func:`~pipelines.data.dataset.build_pipeline` calls it too. Environment
-variables override each interval; ``0`` (or a Ray without the attribute) leaves Ray's own.
+variables override each setting; ``0`` (or a Ray without the attribute) leaves Ray's own.
 """
 
 from __future__ import annotations
@@ -32,33 +42,50 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 LIMITS_REFRESH_S = 0.1
 TURN_S = 0.05
-SETTINGS = {  # env variable: (module, attribute holder, attribute, our default)
-    "VIDRAY_RAY_DATA_LIMITS_REFRESH_S": ("ray.data._internal.execution.resource_manager", "ResourceManager",
-                                         "GLOBAL_LIMITS_UPDATE_INTERVAL_S", LIMITS_REFRESH_S),
-    "VIDRAY_RAY_DATA_TURN_S": ("ray.data._internal.execution.streaming_executor_state", None,
-                               "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", TURN_S),
+INLINE_METADATA = 1
+
+
+class _Setting(NamedTuple):
+    module: str
+    holder: str | None  # the class holding the attribute, or None for the module itself
+    attr: str
+    default: float
+    to_ray: Callable[[float], Any] = float  # our value (> 0) -> the attribute's
+    ray_env: str | None = None  # Ray's own variable for it: when set, Ray's choice stands
+
+
+SETTINGS = {
+    "VIDRAY_RAY_DATA_LIMITS_REFRESH_S": _Setting("ray.data._internal.execution.resource_manager", "ResourceManager",
+                                                 "GLOBAL_LIMITS_UPDATE_INTERVAL_S", LIMITS_REFRESH_S),
+    "VIDRAY_RAY_DATA_TURN_S": _Setting("ray.data._internal.execution.streaming_executor_state", None,
+                                       "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", TURN_S),
+    "VIDRAY_RAY_DATA_INLINE_METADATA": _Setting("ray.data._internal.execution.metadata_fetcher", None,
+                                                "_PREFETCH_ON_THREAD", INLINE_METADATA, lambda _: False,
+                                                "RAY_DATA_METADATA_PREFETCH_ON_THREAD"),
 }
 
 
-def tune_executor() -> dict[str, float]:
-    """Set Ray Data's executor intervals in this process; ``{attribute: seconds}`` of those set."""
+def tune_executor() -> dict[str, Any]:
+    """Set Ray Data's executor settings in this process; ``{attribute: value}`` of those set."""
     done = {}
-    for env, (module_name, holder, attr, default) in SETTINGS.items():
-        seconds = float(os.environ.get(env, default))
-        if seconds <= 0:
+    for env, setting in SETTINGS.items():
+        value = float(os.environ.get(env, setting.default))
+        if value <= 0 or (setting.ray_env and setting.ray_env in os.environ):
             continue
         try:
-            module = importlib.import_module(module_name)
+            module = importlib.import_module(setting.module)
         except ImportError:  # another Ray: leave its executor alone
             continue
-        target = getattr(module, holder, None) if holder else module
-        if target is None or not hasattr(target, attr):
-            log.debug("Ray Data has no %s.%s; left as it is", module_name, attr)
+        target = getattr(module, setting.holder, None) if setting.holder else module
+        if target is None or not hasattr(target, setting.attr):
+            log.debug("Ray Data has no %s.%s; left as it is", setting.module, setting.attr)
             continue
-        setattr(target, attr, seconds)
-        done[attr] = seconds
+        setattr(target, setting.attr, setting.to_ray(value))
+        done[setting.attr] = setting.to_ray(value)
     return done

@@ -5,23 +5,39 @@ from __future__ import annotations
 
 def test_the_executor_sees_the_cluster_and_ended_tasks_soon(monkeypatch):
     """Resource limits refresh every 0.1 s (Ray's 1 s left one CPU idle for an execution's first
-    second) and the scheduling loop turns every 0.05 s (Ray's 0.1 s left a CPU idle after each
-    task); an environment variable set to 0 keeps Ray's own value."""
-    from ray.data._internal.execution import streaming_executor_state
+    second), the scheduling loop turns every 0.05 s (Ray's 0.1 s left a CPU idle after each
+    task) and a task's output metadata is fetched inline (Ray's fetch thread held a task's CPU
+    ~0.1 s after it ended); an environment variable set to 0 keeps Ray's own value, and so does
+    Ray's own variable for the fetch thread."""
+    from ray.data._internal.execution import metadata_fetcher, streaming_executor_state
     from ray.data._internal.execution.resource_manager import ResourceManager
 
     from pipelines.data import executor
 
     monkeypatch.setattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", 1)
     monkeypatch.setattr(streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(metadata_fetcher, "_PREFETCH_ON_THREAD", True)
+    monkeypatch.delenv("RAY_DATA_METADATA_PREFETCH_ON_THREAD", raising=False)
     monkeypatch.setenv("VIDRAY_RAY_DATA_LIMITS_REFRESH_S", "0")
+    monkeypatch.setenv("VIDRAY_RAY_DATA_INLINE_METADATA", "0")
     assert executor.tune_executor() == {"WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.05}
     assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 1
     assert streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == 0.05
+    assert metadata_fetcher._PREFETCH_ON_THREAD is True
+    assert isinstance(metadata_fetcher.make_metadata_fetcher(), metadata_fetcher.ThreadedMetadataFetcher)
+
     monkeypatch.delenv("VIDRAY_RAY_DATA_LIMITS_REFRESH_S")
+    monkeypatch.delenv("VIDRAY_RAY_DATA_INLINE_METADATA")
     monkeypatch.setenv("VIDRAY_RAY_DATA_TURN_S", "0.02")
-    assert executor.tune_executor() == {"GLOBAL_LIMITS_UPDATE_INTERVAL_S": 0.1, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.02}
+    assert executor.tune_executor() == {"GLOBAL_LIMITS_UPDATE_INTERVAL_S": 0.1, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.02,
+                                        "_PREFETCH_ON_THREAD": False}
     assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.1
+    assert isinstance(metadata_fetcher.make_metadata_fetcher(), metadata_fetcher.InlineMetadataFetcher)
+
+    monkeypatch.setattr(metadata_fetcher, "_PREFETCH_ON_THREAD", True)
+    monkeypatch.setenv("RAY_DATA_METADATA_PREFETCH_ON_THREAD", "1")  # the user's choice stands
+    assert "_PREFETCH_ON_THREAD" not in executor.tune_executor()
+    assert metadata_fetcher._PREFETCH_ON_THREAD is True
 
 
 def test_decode_workers_do_not_import_torch():
@@ -32,6 +48,6 @@ def test_decode_workers_do_not_import_torch():
 
     code = ("import sys, pipelines.data.tasks, pipelines.data.recipes; "
             "print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", out.stdout
