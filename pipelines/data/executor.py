@@ -8,7 +8,10 @@ Ray Data is imported, so :func:`tune_executor` sets them in this process:
   resource limits from Ray Data's autoscaling coordinator, whose answer is asynchronous (the
   first read returns an empty cache), and refreshes them at most this often. Until the
   first refresh the execution has no CPU budget and runs one task: on 2 CPUs, one CPU idled
-  for the first second of every execution. Here: :data:`LIMITS_REFRESH_S`.
+  for the first second of every execution. Here: :data:`LIMITS_REFRESH_S` until the limits
+  grant the execution CPUs, then Ray's interval again (each refresh is an actor call: the
+  coordinator spent 21.2 ms of CPU a second at 0.1 s throughout, 12.0 with this; 145.2
+  against 140.1 clips/s, 12.24 against 12.53 CPU ms per clip, 6 alternated rounds each).
 * ``streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S`` (Ray: 0.1 s). Each turn
   of the scheduling loop waits this long for *all* running tasks, so an ended task is
   noticed (and its CPU given a new task) up to one or two turns late. Here: :data:`TURN_S`.
@@ -86,6 +89,29 @@ def tune_executor() -> dict[str, Any]:
         if target is None or not hasattr(target, setting.attr):
             log.debug("Ray Data has no %s.%s; left as it is", setting.module, setting.attr)
             continue
+        if setting.attr == "GLOBAL_LIMITS_UPDATE_INTERVAL_S":
+            _fast_until_budgeted(target)
         setattr(target, setting.attr, setting.to_ray(value))
         done[setting.attr] = setting.to_ray(value)
     return done
+
+
+def _fast_until_budgeted(manager_cls) -> None:
+    """Once an execution's limits grant it CPUs, refresh them at Ray's own interval again.
+
+    The fast refresh is for an execution's start, where the budget is still 0; after that each
+    refresh is an actor call to the autoscaling coordinator (10 a second at 0.1 s), for a
+    figure that changes only when the cluster does."""
+    original = manager_cls.get_global_limits
+    if getattr(original, "vidray_fast_until_budgeted", False):
+        return
+    ray_interval_s = manager_cls.GLOBAL_LIMITS_UPDATE_INTERVAL_S
+
+    def get_global_limits(self):
+        limits = original(self)
+        if limits.cpu and "GLOBAL_LIMITS_UPDATE_INTERVAL_S" not in vars(self):
+            self.GLOBAL_LIMITS_UPDATE_INTERVAL_S = ray_interval_s  # this execution's; the class keeps ours
+        return limits
+
+    get_global_limits.vidray_fast_until_budgeted = True
+    manager_cls.get_global_limits = get_global_limits

@@ -51,3 +51,35 @@ def test_decode_workers_do_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_limits_refresh_fast_only_until_the_execution_has_cpus():
+    """Each refresh is an actor call to Ray Data's autoscaling coordinator: once an execution's
+    limits grant it CPUs, it refreshes at Ray's own interval again, the class keeping ours."""
+    from types import SimpleNamespace
+
+    from ray.data._internal.execution.resource_manager import ResourceManager
+
+    from pipelines.data import executor
+
+    class Manager:  # the two members of ResourceManager that the wrapper uses
+        GLOBAL_LIMITS_UPDATE_INTERVAL_S = 1
+
+        def __init__(self, cpus):
+            self.cpus = cpus
+
+        def get_global_limits(self):
+            return SimpleNamespace(cpu=self.cpus.pop(0))
+
+    executor._fast_until_budgeted(Manager)
+    executor._fast_until_budgeted(Manager)  # wraps once
+    Manager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = 0.1
+    m = Manager([0, 0, 2, 4])
+    assert [m.get_global_limits().cpu for _ in range(2)] == [0, 0]
+    assert m.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.1  # no budget yet: the fast refresh
+    assert m.get_global_limits().cpu == 2 and m.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 1
+    assert m.get_global_limits().cpu == 4 and m.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 1
+    assert Manager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.1 and Manager([0]).GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.1
+
+    executor.tune_executor()
+    assert ResourceManager.get_global_limits.vidray_fast_until_budgeted
