@@ -15,7 +15,6 @@ Ray Data is imported, so :func:`tune_executor` sets them in this process:
 * ``streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S`` (Ray: 0.1 s). Each turn
   of the scheduling loop waits this long for *all* running tasks, so an ended task is
   noticed (and its CPU given a new task) up to one or two turns late. Here: :data:`TURN_S`.
-
 * ``metadata_fetcher._PREFETCH_ON_THREAD`` (Ray: on, ``RAY_DATA_METADATA_PREFETCH_ON_THREAD``).
   A task's output metadata is fetched by a background thread, and the task counts as done
   (its CPU free for the next task) only once that thread has published it and a later turn
@@ -26,12 +25,13 @@ Ray Data is imported, so :func:`tune_executor` sets them in this process:
   polls as well). Here: inline (:data:`INLINE_METADATA`), unless
   ``RAY_DATA_METADATA_PREFETCH_ON_THREAD`` is set, which is left to decide.
 
-Measured in ``bench/RESULTS.md`` for the first two (2026-12-01, 2 CPUs, 720 clips of 16 × 112² in one
-execution): 4.4–4.7 s → 3.7–3.9 s for the first. For the second, with the driver only
+The first two, measured in ``bench/RESULTS.md`` (2026-12-01, 2 CPUs, 720 clips of 16 × 112²
+in one execution): 4.4–4.7 s → 3.7–3.9 s for the first. For the second, with the driver only
 counting blocks, 215–232 clips/s at Ray's 0.1 s, 237–250 at 0.05 s and 246–262 at 0.02 s,
 for 0.1 ms more executor CPU per clip at 0.02 s; with the driver taking every batch (the
 pipeline as training uses it; 8 interleaved rounds), the medians were 141.9 / 152.9 / 147.7
-clips/s at 12.08 / 11.80 / 12.37 ms of CPU per clip. Hence 0.05 s.
+clips/s at 12.08 / 11.80 / 12.37 ms of CPU per clip. Hence 0.05 s; with the metadata fetched
+inline, 0.05 and 0.02 s measured the same (143.6 and 142.1 clips/s, 6 alternated rounds).
 
 It must run where the executor runs: the driver that iterates a dataset, or the coordinator
 actor of Ray Train's dataset shards. Both import :mod:`pipelines.data.tasks` (the
@@ -61,11 +61,34 @@ class _Setting(NamedTuple):
     default: float
     to_ray: Callable[[float], Any] = float  # our value (> 0) -> the attribute's
     ray_env: str | None = None  # Ray's own variable for it: when set, Ray's choice stands
+    before: Callable[[Any], None] | None = None  # called with the holder before each setting (idempotent)
+
+
+def _fast_until_budgeted(manager_cls: type) -> None:
+    """Once an execution's limits grant it CPUs, refresh them at Ray's own interval again.
+
+    The fast refresh is for an execution's start, where the budget is still 0; after that each
+    refresh is an actor call to the autoscaling coordinator (10 a second at 0.1 s), for a
+    figure that changes only when the cluster does."""
+    original = manager_cls.get_global_limits
+    if getattr(original, "vidray_fast_until_budgeted", False):
+        return
+    ray_interval_s = manager_cls.GLOBAL_LIMITS_UPDATE_INTERVAL_S
+
+    def get_global_limits(self):
+        limits = original(self)
+        if limits.cpu and "GLOBAL_LIMITS_UPDATE_INTERVAL_S" not in vars(self):
+            self.GLOBAL_LIMITS_UPDATE_INTERVAL_S = ray_interval_s  # this execution's; the class keeps ours
+        return limits
+
+    get_global_limits.vidray_fast_until_budgeted = True
+    manager_cls.get_global_limits = get_global_limits
 
 
 SETTINGS = {
     "VIDRAY_RAY_DATA_LIMITS_REFRESH_S": _Setting("ray.data._internal.execution.resource_manager", "ResourceManager",
-                                                 "GLOBAL_LIMITS_UPDATE_INTERVAL_S", LIMITS_REFRESH_S),
+                                                 "GLOBAL_LIMITS_UPDATE_INTERVAL_S", LIMITS_REFRESH_S,
+                                                 before=_fast_until_budgeted),
     "VIDRAY_RAY_DATA_TURN_S": _Setting("ray.data._internal.execution.streaming_executor_state", None,
                                        "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", TURN_S),
     "VIDRAY_RAY_DATA_INLINE_METADATA": _Setting("ray.data._internal.execution.metadata_fetcher", None,
@@ -89,29 +112,8 @@ def tune_executor() -> dict[str, Any]:
         if target is None or not hasattr(target, setting.attr):
             log.debug("Ray Data has no %s.%s; left as it is", setting.module, setting.attr)
             continue
-        if setting.attr == "GLOBAL_LIMITS_UPDATE_INTERVAL_S":
-            _fast_until_budgeted(target)
+        if setting.before:
+            setting.before(target)
         setattr(target, setting.attr, setting.to_ray(value))
         done[setting.attr] = setting.to_ray(value)
     return done
-
-
-def _fast_until_budgeted(manager_cls) -> None:
-    """Once an execution's limits grant it CPUs, refresh them at Ray's own interval again.
-
-    The fast refresh is for an execution's start, where the budget is still 0; after that each
-    refresh is an actor call to the autoscaling coordinator (10 a second at 0.1 s), for a
-    figure that changes only when the cluster does."""
-    original = manager_cls.get_global_limits
-    if getattr(original, "vidray_fast_until_budgeted", False):
-        return
-    ray_interval_s = manager_cls.GLOBAL_LIMITS_UPDATE_INTERVAL_S
-
-    def get_global_limits(self):
-        limits = original(self)
-        if limits.cpu and "GLOBAL_LIMITS_UPDATE_INTERVAL_S" not in vars(self):
-            self.GLOBAL_LIMITS_UPDATE_INTERVAL_S = ray_interval_s  # this execution's; the class keeps ours
-        return limits
-
-    get_global_limits.vidray_fast_until_budgeted = True
-    manager_cls.get_global_limits = get_global_limits
