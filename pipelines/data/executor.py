@@ -19,7 +19,7 @@ Ray Data is imported, so :func:`tune_executor` sets them in this process:
   A task's output metadata is fetched by a background thread, and the task counts as done
   (its CPU free for the next task) only once that thread has published it and a later turn
   of the loop has seen it: a decode worker idled 98 ms median between two tasks of ~0.9 s
-  (``ray.timeline()``, 29 gaps), 42 ms with the metadata fetched inline (2026-12-01 20:10,
+  (``ray.timeline()``, 29 gaps), 42 ms with the metadata fetched inline (2026-12-01,
   2 CPUs, 90-row blocks of 16 × 112² clips). Alternated in one cluster, 6 rounds each of
   720 clips: 151.0 against 143.1 clips/s, 11.72 against 11.97 CPU ms per clip (the thread
   polls as well). Here: inline (:data:`INLINE_METADATA`), unless
