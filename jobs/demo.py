@@ -6,7 +6,9 @@ jobs/coclr.py --variant demo`` (InfoNCE RGB and flow, one CoCLR cycle, encoders
 registered in MLflow) -> retrieval and linear-probe evaluation of random init, InfoNCE
 and CoCLR -> a table of R@1 / R@5 / linear top-1 and the registered versions.
 Everything runs on embedded defaults: the local filesystem under ``--data`` as object
-store, MLflow in ``mlflow.db`` / ``mlruns/`` of the project.
+store, MLflow in ``mlflow.db`` / ``mlruns/`` of ``VIDRAY_HOME`` (``~/.vidray``). A phase already
+registered there for the same data and config is not trained again: a second ``make demo``
+evaluates what the first one trained.
 """
 
 from __future__ import annotations
