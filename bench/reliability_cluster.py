@@ -23,8 +23,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -40,19 +38,10 @@ from pipelines.local_head import (
     _signal_group,
     _wait_gone,
     auth_token,
+    http_get,
 )
 
 NODE_RESOURCE = "vr_node_{}"  # custom resource that names worker node i (1-based)
-
-
-def http_get(url: str, token: str | None = None, timeout: float = 10.0) -> tuple[int, str]:
-    """``GET url`` (with ``Authorization: Bearer token`` when given): ``(status, body)``; errors are statuses."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
-            return r.status, r.read().decode(errors="replace")
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode(errors="replace")
 
 
 def alive_nodes(dashboard_url: str, token: str | None) -> list[dict[str, Any]]:

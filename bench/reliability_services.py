@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
+from pipelines.tracking.store import MLFLOW_SERVER_ENV
+
 BIN = Path(sys.executable).parent
 
 
@@ -118,9 +120,7 @@ class MlflowServer(_Server):
         self._spawn([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.db_path}",
                      "--default-artifact-root", str(self.artifact_root), "--host", "127.0.0.1",
                      "--port", str(self.port), "--workers", "1", "--no-serve-artifacts"], self.workdir / "server.log",
-                    # No server-side job runner: vidray submits no MLflow jobs, and its 8 polling huey
-                    # consumers would take ~20 % of a core from what is measured and double the start-up.
-                    env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                    env=MLFLOW_SERVER_ENV)  # no server-side job runner: its pollers would be measured
         return self
 
     def wait_ready(self) -> Self:

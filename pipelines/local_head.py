@@ -116,18 +116,29 @@ def auth_token(env: Mapping[str, str]) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+def http_get(url: str, token: str | None = None, timeout: float = 10.0) -> tuple[int, str]:
+    """``GET url`` on a local cluster (with ``Authorization: Bearer token`` when given, never via a
+    proxy): ``(status, body)``; an HTTP error is its status, a refused connection raises ``OSError``."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+
+
 def job_server_answers(dashboard_url: str, token: str | None) -> bool:
     """Whether the job API answers ``GET /api/jobs/`` with 200, as ``ray job list`` needs it to
     (sent directly: a ``ray`` CLI start costs ~2.5 s of CPU, against the head's own boot)."""
     import http.client
-    import urllib.request
 
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
     try:
-        with opener.open(urllib.request.Request(f"{dashboard_url}/api/jobs/", headers=headers), timeout=10) as r:
-            return r.status == 200
-    except (OSError, http.client.HTTPException):  # refused, reset, 401/403/5xx (HTTPError), half-up server
+        return http_get(f"{dashboard_url}/api/jobs/", token)[0] == 200
+    except (OSError, http.client.HTTPException):  # refused, reset, a half-up server
         return False
 
 

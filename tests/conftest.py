@@ -84,22 +84,19 @@ def _parent_death_signal():
     return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-# vidray uses no MLflow server jobs (prompt optimisation, trace roll-ups), and the job runner is 8
-# huey consumers polling their queue: ~20 % of a core per server for the whole session, and
-# twice the server's start-up time (17 s against 9 s on 2 busy cores).
-NO_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-
-
 def launch_mlflow_server(workdir, *, artifact_root: str, env: dict | None = None):
     """Launch ``mlflow server`` (sqlite backend) on a free loopback port; returns ``(process, uri)``.
 
     Does not wait (see :func:`wait_for_mlflow_server`). Artifacts go straight from the
     clients to ``artifact_root`` (``--no-serve-artifacts``), as on a cluster where every
-    node can reach the bucket. MLflow's server-side job runner is off (see ``NO_JOB_RUNNER``).
+    node can reach the bucket. MLflow's server-side job runner is off
+    (``pipelines.tracking.store.MLFLOW_SERVER_ENV``).
     """
     import subprocess
     import sys
     from pathlib import Path
+
+    from pipelines.tracking.store import MLFLOW_SERVER_ENV
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +106,7 @@ def launch_mlflow_server(workdir, *, artifact_root: str, env: dict | None = None
            "--workers", "1", "--no-serve-artifacts"]
     with open(workdir / "server.log", "ab") as logfile:  # the child keeps its own descriptor
         proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, cwd=workdir,
-                                env={**os.environ, **NO_JOB_RUNNER, **(env or {})}, start_new_session=True,
+                                env={**os.environ, **MLFLOW_SERVER_ENV, **(env or {})}, start_new_session=True,
                                 preexec_fn=_parent_death_signal())  # noqa: PLW1509 - see its docstring
     return proc, f"http://127.0.0.1:{port}"
 

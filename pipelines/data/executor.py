@@ -114,6 +114,6 @@ def tune_executor() -> dict[str, Any]:
             continue
         if setting.before:
             setting.before(target)
-        setattr(target, setting.attr, setting.to_ray(value))
         done[setting.attr] = setting.to_ray(value)
+        setattr(target, setting.attr, done[setting.attr])
     return done

@@ -3,7 +3,7 @@
 What lives where (everything below is re-exported here; import from ``pipelines.tracking``):
 
 - :mod:`~pipelines.tracking.store`: where runs go (``MLFLOW_TRACKING_URI`` or the embedded
-  ``sqlite:///<project>/mlflow.db``), :func:`setup` of an experiment, and the tags every
+  ``sqlite:///<VIDRAY_HOME>/mlflow.db``, ``~/.vidray`` by default), :func:`setup` of an experiment, and the tags every
   run gets (:func:`git_commit`, :func:`ray_job_id`, :func:`default_tags`);
 - :mod:`~pipelines.tracking.redact`: credential filtering of params and tags
   (:func:`sanitize`, :func:`is_secret_key`, :func:`looks_like_secret`, :func:`redact_value`)
