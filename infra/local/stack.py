@@ -36,6 +36,7 @@ BIN = Path(sys.executable).parent
 # The Ray head runs from the checkout, as from the image's working directory on a cluster:
 # `ray job submit -- python jobs/coclr.py ...` finds jobs/ without --working-dir.
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(1, str(ROOT))  # pipelines.local_head, for the job API check
 STATE_DIR = Path(os.environ.get("VIDRAY_STACK_DIR") or f"/tmp/vidray-stack-{os.getuid()}")
 BUCKET = "vidray-mlflow"
 # moto accepts any credentials; these dummies are printed as exports, like real ones would be.
@@ -128,10 +129,10 @@ def http_ok(url: str) -> bool:
 
 
 def ray_ok(env: dict[str, str], api: str) -> bool:
-    """``ray job list`` answers (token auth included)."""
-    out = subprocess.run([str(BIN / "ray"), "job", "list", "--address", api], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-    return out.returncode == 0
+    """The job API answers with this stack's token (what ``ray job list`` asks, without a CLI start per poll)."""
+    from pipelines.local_head import auth_token, job_server_answers
+
+    return job_server_answers(api, auth_token(env))
 
 
 def wait_all(checks: dict[str, Callable[[], bool]], procs: dict[str, dict], timeout: float) -> None:
