@@ -21,6 +21,16 @@ os.environ["VIDRAY_HOME"] = tempfile.mkdtemp(prefix="vidray-test-home-")
 atexit.register(shutil.rmtree, os.environ["VIDRAY_HOME"], ignore_errors=True)
 
 
+def pytest_collection_modifyitems(items):
+    """The end-to-end tests (marked ``slow``) first, the rest in file order after them.
+
+    ``make test`` spreads the tests over processes (pytest-xdist): started first, the long
+    tests run while the short ones fill the other process, instead of one long test being
+    left alone at the end. The sort is stable, so every process collects the same order.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One embedded 2-CPU Ray cluster for the whole session (token auth on, no dashboard)."""
