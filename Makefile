@@ -29,7 +29,7 @@ demo: install
 # the suite is 18 % shorter than in one process (bench/RESULTS.md, "Test time"). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope tests
 
 # Each benchmark prints one JSON object; figures and their context are in bench/RESULTS.md.
 bench: install

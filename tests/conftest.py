@@ -24,9 +24,10 @@ atexit.register(shutil.rmtree, os.environ["VIDRAY_HOME"], ignore_errors=True)
 def pytest_collection_modifyitems(items):
     """The end-to-end tests (marked ``slow``) first, the rest in file order after them.
 
-    ``make test`` spreads the tests over processes (pytest-xdist): started first, the long
-    tests run while the short ones fill the other process, instead of one long test being
-    left alone at the end. The sort is stable, so every process collects the same order.
+    ``make test`` spreads the tests over processes by module (pytest-xdist, ``--dist
+    loadscope``), so a module's fixtures (a trained run, a cluster, a dataset) are made once,
+    as in one process. Started first, the long modules run while the short ones fill the
+    other process. The sort is stable, so every process collects the same order.
     """
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
