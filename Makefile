@@ -25,11 +25,8 @@ install: $(STAMP)
 demo: install
 	$(PY) jobs/demo.py --data $(DATA)
 
-# Two pytest processes (pytest-xdist), each with its own embedded Ray cluster and servers: on 2 cores
-# the suite is 18 % shorter than in one process (bench/RESULTS.md, "Test time"). TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope tests
+	$(PY) -m pytest -q tests
 
 # Each benchmark prints one JSON object; figures and their context are in bench/RESULTS.md.
 bench: install

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import secrets
 import shutil
 import socket
 import tempfile
@@ -20,25 +19,6 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 # inherited by the embedded Ray cluster's workers.
 os.environ["VIDRAY_HOME"] = tempfile.mkdtemp(prefix="vidray-test-home-")
 atexit.register(shutil.rmtree, os.environ["VIDRAY_HOME"], ignore_errors=True)
-# The Ray token of this test process, unless the caller gave one. Without it, a cluster's first start
-# on a fresh machine generates ~/.ray/auth_token, and two test processes (make test runs two) starting
-# their clusters at once would each write their own: the second token locks the first one's clients out.
-if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
-    _token = os.path.join(os.environ["VIDRAY_HOME"], "ray_auth_token")
-    with open(os.open(_token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as _f:
-        _f.write(secrets.token_hex(32))
-    os.environ["RAY_AUTH_TOKEN_PATH"] = _token
-
-
-def pytest_collection_modifyitems(items):
-    """The end-to-end tests (marked ``slow``) first, the rest in file order after them.
-
-    ``make test`` spreads the tests over processes by module (pytest-xdist, ``--dist
-    loadscope``), so a module's fixtures (a trained run, a cluster, a dataset) are made once,
-    as in one process. Started first, the long modules run while the short ones fill the
-    other process. The sort is stable, so every process collects the same order.
-    """
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")
