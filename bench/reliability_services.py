@@ -14,10 +14,10 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Self
 
+from pipelines.local_head import http_ok
 from pipelines.tracking.store import MLFLOW_SERVER_ENV
 
 BIN = Path(sys.executable).parent
@@ -34,12 +34,9 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str, log:
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}; see {log}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
+        if http_ok(url, timeout=2):
+            return
+        time.sleep(0.3)
     raise RuntimeError(f"{what} did not answer {url} within {timeout:.0f}s; see {log}")
 
 

@@ -131,15 +131,21 @@ def http_get(url: str, token: str | None = None, timeout: float = 10.0) -> tuple
         return err.code, err.read().decode(errors="replace")
 
 
-def job_server_answers(dashboard_url: str, token: str | None) -> bool:
-    """Whether the job API answers ``GET /api/jobs/`` with 200, as ``ray job list`` needs it to
-    (sent directly: a ``ray`` CLI start costs ~2.5 s of CPU, against the head's own boot)."""
+def http_ok(url: str, token: str | None = None, timeout: float = 10.0) -> bool:
+    """Whether ``GET url`` on a local service answers 200 (see :func:`http_get`); a refused or
+    reset connection, a half-up server and any other status are ``False``."""
     import http.client
 
     try:
-        return http_get(f"{dashboard_url}/api/jobs/", token)[0] == 200
-    except (OSError, http.client.HTTPException):  # refused, reset, a half-up server
+        return http_get(url, token, timeout)[0] == 200
+    except (OSError, http.client.HTTPException):
         return False
+
+
+def job_server_answers(dashboard_url: str, token: str | None) -> bool:
+    """Whether the job API answers ``GET /api/jobs/`` with 200, as ``ray job list`` needs it to
+    (sent directly: a ``ray`` CLI start costs ~2.5 s of CPU, against the head's own boot)."""
+    return http_ok(f"{dashboard_url}/api/jobs/", token)
 
 
 class LocalHead:

@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -36,7 +35,9 @@ BIN = Path(sys.executable).parent
 # The Ray head runs from the checkout, as from the image's working directory on a cluster:
 # `ray job submit -- python jobs/coclr.py ...` finds jobs/ without --working-dir.
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(1, str(ROOT))  # pipelines.local_head, for the job API check
+sys.path.insert(1, str(ROOT))
+from pipelines.local_head import auth_token, http_ok, job_server_answers
+
 STATE_DIR = Path(os.environ.get("VIDRAY_STACK_DIR") or f"/tmp/vidray-stack-{os.getuid()}")
 BUCKET = "vidray-mlflow"
 # moto accepts any credentials; these dummies are printed as exports, like real ones would be.
@@ -119,19 +120,8 @@ def stop_group(name: str, rec: dict, leader_first: bool, grace: float = 10.0) ->
 
 
 # ---------------------------------------------------------------- health checks
-def http_ok(url: str) -> bool:
-    """GET ``url`` answers 200."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def ray_ok(env: dict[str, str], api: str) -> bool:
     """The job API answers with this stack's token (what ``ray job list`` asks, without a CLI start per poll)."""
-    from pipelines.local_head import auth_token, job_server_answers
-
     return job_server_answers(api, auth_token(env))
 
 
@@ -217,7 +207,7 @@ def start_services(state: Path, st: dict, num_cpus: int) -> dict[str, Callable[[
         backend = f"postgresql+psycopg2://vidray@127.0.0.1:{p['postgres']}/mlflow"
     else:
         backend = f"sqlite:///{state / 'mlflow.db'}"
-    wait_all({"s3": lambda: http_ok(f"{s3}/moto-api/")}, st["services"], 30)
+    wait_all({"s3": lambda: http_ok(f"{s3}/moto-api/", timeout=2)}, st["services"], 30)
     import boto3  # after the server is up; boto3 reads nothing but these arguments
 
     boto3.client("s3", endpoint_url=s3, region_name=S3_ENV["AWS_REGION"], aws_access_key_id="testing",
@@ -230,7 +220,7 @@ def start_services(state: Path, st: dict, num_cpus: int) -> dict[str, Callable[[
         "--artifacts-destination", f"s3://{BUCKET}/artifacts"], mlflow_env, state)
     save(state, st)
     api = f"http://127.0.0.1:{p['dashboard']}"
-    return {"mlflow": lambda: http_ok(f"http://127.0.0.1:{p['mlflow']}/health"),
+    return {"mlflow": lambda: http_ok(f"http://127.0.0.1:{p['mlflow']}/health", timeout=2),
             "ray": lambda: ray_ok(ray_env, api)}
 
 
@@ -308,9 +298,9 @@ def status(state: Path) -> int:
         log(f"nothing recorded in {state}")
         return 1
     p, ok = st["ports"], True
-    answers = {"s3": lambda: http_ok(f"http://127.0.0.1:{p['s3']}/moto-api/"),
-               "mlflow": lambda: http_ok(f"http://127.0.0.1:{p['mlflow']}/health"),
-               "ray": lambda: http_ok(f"http://127.0.0.1:{p['dashboard']}/api/gcs_healthz"),
+    answers = {"s3": lambda: http_ok(f"http://127.0.0.1:{p['s3']}/moto-api/", timeout=2),
+               "mlflow": lambda: http_ok(f"http://127.0.0.1:{p['mlflow']}/health", timeout=2),
+               "ray": lambda: http_ok(f"http://127.0.0.1:{p['dashboard']}/api/gcs_healthz", timeout=2),
                "postgres": lambda: alive("postgres", st["services"]["postgres"])}
     for name, rec in st["services"].items():
         running = alive(name, rec)
