@@ -26,7 +26,7 @@ augmentation code and the decode workers' allocator and thread settings
                            workers, spawn) over a Dataset calling ``recipes.make_sample``;
                            one loader iteration per epoch.
   ray_clips_per_s          ``build_pipeline(...)`` built ONCE with an epoch clock
-                           (:func:`pipelines.train.runtime.epoch_clock`, as training does) and
+                           (:mod:`pipelines.data.clock`, as training does) and
                            drained per epoch with ``iter_torch_batches`` in this process, on
                            the embedded Ray cluster of ``cores`` CPUs (decode, sampling,
                            augmentation, quarantine ledger, Arrow tensor blocks).

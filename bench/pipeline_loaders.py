@@ -203,10 +203,9 @@ class RayRunner:
 
     def __init__(self, cfg, manifest_dir: str, rcfg: recipes.RecipeConfig, epochs: int) -> None:
         from pipelines.data.dataset import LoaderOptions, build_pipeline
-        from pipelines.train.runtime import epoch_clock
+        from pipelines.data.clock import epoch_clock
 
-        self.clock_name = f"vidray-bench-pipeline-{os.getpid()}-{rcfg.name}"
-        self.clock = epoch_clock(self.clock_name, ORDER_EPOCH)
+        self.clock = epoch_clock(f"vidray-bench-pipeline-{os.getpid()}-{rcfg.name}", ORDER_EPOCH)
         options = LoaderOptions(strings=False, rows_per_task=cfg.rows_per_task, backend=cfg.backend)
         self.options = options
         self.pipe = build_pipeline(manifest_dir, rcfg, SPLIT, seed=cfg.seed, epoch=self.clock, limit=cfg.videos,
@@ -216,9 +215,7 @@ class RayRunner:
         self.stages = telemetry.StageTotals()
 
     def _set_epoch(self, epoch: int) -> None:
-        import ray
-
-        ray.get(self.clock.set.remote(epoch))
+        self.clock.set(epoch)
 
     def run(self, epochs: Iterable[int]) -> int:
         """The samples of ``epochs`` (one execution); raises if one went missing. ``[ORDER_EPOCH]``:
@@ -239,6 +236,4 @@ class RayRunner:
         return got
 
     def close(self) -> None:
-        import ray
-
-        ray.kill(self.clock)  # detached: it would outlive the driver
+        self.clock.close()

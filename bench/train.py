@@ -15,7 +15,7 @@ real 2, memory 2, so that each compared pair runs back to back):
 
   real        ``fit`` on ``pipelines.methods.coclr._dataset``'s pipeline: decode, sampling and
               augmentation in Ray Data tasks every epoch, the epoch read from an
-              epoch-clock actor, exactly as ``jobs/coclr.py`` trains.
+              epoch clock, exactly as ``jobs/coclr.py`` trains.
   memory      the same samples (epoch 0's) materialised once into the object store
               (``Dataset.materialize()`` of the same pipeline, identical uint8 columns)
               and fed to the same ``fit``: what training costs when data is free
@@ -234,7 +234,7 @@ def build_tapped(cfg: CoCLRConfig, report_log) -> CoCLR:
 
 
 def measure(cfg: BenchConfig, job, dataset, *, workers: int, name: str, storage: str,
-            clock_name: str | None, span: bool = False) -> dict[str, Any]:
+            clock, span: bool = False) -> dict[str, Any]:
     """One ``fit`` run; its steady-state figures, wall time and the workers' torch threads."""
     import ray
 
@@ -249,7 +249,7 @@ def measure(cfg: BenchConfig, job, dataset, *, workers: int, name: str, storage:
     rcfg = recipes_mod.recipe("coclr", debug_size=job.data.debug_size, overrides=job.data.recipe_overrides)
     task = TrainTask(build_method=functools.partial(build_tapped, job.method, report_log),
                      video_columns=rcfg.video_columns(), optim=job.optim, loop=job.loop, steps_per_epoch=steps,
-                     name=name, epoch_clock=clock_name, epochs_span=span)
+                     name=name, epoch_clock=clock, epochs_span=span)
     result = fit(task, datasets={"train": dataset}, run_name=name, storage_path=storage,
                  scaling=ScalingConfig(num_workers=workers, use_gpu=False, cpus_per_worker=cfg.cpus_per_worker))
     wall = time.perf_counter() - start
@@ -270,11 +270,9 @@ def measure(cfg: BenchConfig, job, dataset, *, workers: int, name: str, storage:
 
 def training_runs(cfg: BenchConfig, manifest_dir: str, storage: str, phase) -> dict[str, dict]:
     """The ``fit`` runs of :func:`order` on one pipeline and its materialised copy."""
-    import ray
-
+    from pipelines.data.clock import epoch_clock
     from pipelines.methods.coclr import SPEC
     from pipelines.train.phases import _pipeline
-    from pipelines.train.runtime import epoch_clock
 
     job = job_for(cfg, manifest_dir)
     if cfg.clip_cache:
@@ -288,17 +286,16 @@ def training_runs(cfg: BenchConfig, manifest_dir: str, storage: str, phase) -> d
         name = f"{kind}_{workers}w"
         if kind == "memory":
             out[name] = phase(name, lambda: measure(cfg, job, memory, workers=workers, name=name, storage=storage,
-                                                    clock_name=None))
+                                                    clock=None))
             continue
-        clock_name = f"vidray-bench-train-epoch-{os.getpid()}-{workers}"
-        clock = epoch_clock(clock_name)
+        clock = epoch_clock(f"vidray-bench-train-epoch-{os.getpid()}-{workers}")
         try:
             pipe = _pipeline(job.data, rcfg, epoch=clock, epochs=job.loop.epochs, workers=workers)  # as run_phase
             out[name] = phase(name, lambda: measure(cfg, job, pipe.dataset, workers=workers, name=name,
-                                                    storage=storage, clock_name=clock_name,
+                                                    storage=storage, clock=clock,
                                                     span=bool(pipe.span_epochs)))
         finally:
-            ray.kill(clock)  # detached: it would outlive the driver
+            clock.close()
     return out
 
 

@@ -28,8 +28,8 @@ Randomness. Sample ``i`` of epoch ``e`` draws everything (clip offsets, crops, f
 colour) from ``sample_rng(seed, e, video_id)``; the sample order is a permutation
 drawn from ``(seed, e)`` at build time, and block boundaries are kept in order, so the
 same ``(seed, epoch)`` gives identical batches and another epoch gives new clips and
-augmentations. A run builds its dataset once: a trainer passes an epoch-clock actor as
-``epoch`` (:func:`pipelines.train.runtime.epoch_clock`), read by every task, so each
+augmentations. A run builds its dataset once: a trainer passes an epoch clock as
+``epoch`` (:mod:`pipelines.data.clock`), read by every task, so each
 re-execution of the same Dataset draws that epoch's clips (in the build-time order; an
 epoch-spanning dataset, below, draws each epoch's order).
 
@@ -305,7 +305,7 @@ def build_pipeline(manifest_url: str, recipe: str | RecipeConfig, split: str, *,
         recipe: a name of :data:`recipes.RECIPES` or a :class:`RecipeConfig`.
         split: manifest split (``train``, ``test``...).
         seed, epoch: the randomness of this pass (module docstring); ``epoch`` may be an
-            epoch-clock actor handle, read by every task (see :func:`current_epoch`).
+            epoch clock (:class:`~pipelines.data.clock.EpochClock`), read by every task (see :func:`current_epoch`).
         num_classes: ``K`` for detection/eval labels (default: inferred from the manifest).
         limit: read only the split's first ``limit`` rows (in manifest order).
 

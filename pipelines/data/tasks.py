@@ -186,14 +186,12 @@ def _stack(samples: list[dict], schema: dict[str, tuple[str, tuple]]) -> dict[st
 
 
 def current_epoch(epoch) -> int:
-    """``epoch`` itself, or the value of an epoch-clock actor (:func:`pipelines.train.runtime.epoch_clock`).
+    """``epoch`` itself, or the value of an epoch clock (:class:`pipelines.data.clock.EpochClock`).
 
     A training run passes the clock so that one Dataset object, re-executed every epoch
     by ``iter_torch_batches``, draws new clips each epoch from ``(seed, epoch, video)``.
     """
-    import ray
-
-    return epoch if isinstance(epoch, (int, np.integer)) else int(ray.get(epoch.get.remote()))
+    return int(epoch) if isinstance(epoch, (int, np.integer)) else epoch.get()
 
 
 def _one_sample(row: dict, block: _Block, read: _Reader, make: Callable[..., dict]) -> dict | None:

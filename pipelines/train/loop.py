@@ -70,6 +70,7 @@ import torch
 from torch import nn
 
 from pipelines.data import telemetry
+from pipelines.data.clock import EpochClock
 from pipelines.data.epochs import epoch_batches
 from pipelines.data.normalize import normalize_batch
 from pipelines.train.checkpoint import load_checkpoint_state, rng_state, save_state, set_rng_state
@@ -105,7 +106,8 @@ class TrainTask:
         validate: per-epoch validation hook run on rank 0 with the unwrapped method in
             eval mode: ``(method, epoch, device) -> {metric: value}``, logged as ``val/...``.
         tracking: ``experiment``, ``run_name``, ``uri`` of the MLflow run the driver opened.
-        epoch_clock: name of the epoch-clock actor the data pipeline reads.
+        epoch_clock: the epoch clock the data pipeline reads (:class:`pipelines.data.clock.EpochClock`);
+            rank 0 sets it before each execution of the dataset.
         epochs_span: the dataset is epoch-spanning (``LoaderOptions.span_epochs``): a worker
             reads its epochs from one :class:`~pipelines.data.epochs.EpochStream`.
         sink: ``"train"`` or ``"tune"`` (module docstring).
@@ -122,7 +124,7 @@ class TrainTask:
     name: str = "train"
     validate: Validator | None = None
     tracking: dict | None = None
-    epoch_clock: str | None = None
+    epoch_clock: EpochClock | None = None
     epochs_span: bool = False
     sink: str = "train"
     device_plan: dict | None = None

@@ -36,7 +36,8 @@ from pipelines.config import apply_overrides, flatten
 from pipelines.io import manifest, storage
 from pipelines.methods.spec import Encoder, MethodSpec, Phase, phase_data
 from pipelines.train.loop import TrainTask
-from pipelines.train.runtime import FitOptions, epoch_clock, fit
+from pipelines.data.clock import epoch_clock
+from pipelines.train.runtime import FitOptions, fit
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +110,11 @@ def _preview(data, recipe_cfg, logger) -> None:
 def run_phase(spec: MethodSpec, job, phase: Phase, parent_run_id: str | None, fingerprint: str,
               work: str, options: FitOptions | None = None) -> dict[str, Any]:
     """Train one phase; returns ``{key: registered version or None}`` (None if tracking was down)."""
-    import ray
-
     from pipelines.tracking import RunLogger
 
     init = {k: fetch_encoder(job, src, k, os.path.join(work, phase.name)) for k, src in phase.init_from.items()}
     run_name = f"{job.run_name}.{phase.name}"
-    clock_name = f"vidray-epoch-{run_name}"
-    clock = epoch_clock(clock_name)
+    clock = epoch_clock(f"vidray-epoch-{run_name}")
     recipe_cfg = spec.recipe(job, phase)
     data = phase_data(job, phase)
     if data is not job.data:
@@ -140,7 +138,7 @@ def run_phase(spec: MethodSpec, job, phase: Phase, parent_run_id: str | None, fi
                          steps_per_epoch=max(1, math.floor(videos / per_step)), name=phase.name,
                          validate=spec.validate(job, phase) if spec.validate else None,
                          tracking={"experiment": job.experiment, "run_name": run_name, "uri": logger.uri},
-                         epoch_clock=clock_name, epochs_span=bool(pipe.span_epochs),
+                         epoch_clock=clock, epochs_span=bool(pipe.span_epochs),
                          device_plan=pipe.recipe.device_plan() or None,
                          crop_size=pipe.recipe.crop_size)
         result = fit(task, datasets={"train": pipe.dataset}, scaling=job.scaling, run_name=run_name,
@@ -161,7 +159,7 @@ def run_phase(spec: MethodSpec, job, phase: Phase, parent_run_id: str | None, fi
         logger.end("FAILED")
         raise
     finally:
-        ray.kill(clock)
+        clock.close()
 
 
 def _register(job, phase: Phase, key: str, enc: Encoder, logger, work: str):

@@ -1,4 +1,4 @@
-"""Ray Train glue: the worker entry point, the epoch clock and :func:`fit`.
+"""Ray Train glue: the worker entry point and :func:`fit`.
 
 :func:`train_loop_per_worker` is what every Ray Train worker runs: it sets up the
 :class:`~pipelines.train.loop.WorkerState` from the latest checkpoint and runs
@@ -47,7 +47,6 @@ class FitOptions:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker: ``config = {"task": TrainTask}``."""
-    import ray
     import ray.train
     import ray.train.torch
 
@@ -59,11 +58,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     sink = SINKS[task.sink]()
     logger = _make_logger(task.tracking, rank)
     shard = ray.train.get_dataset_shard("train")
-    clock = ray.get_actor(task.epoch_clock) if task.epoch_clock else None
+    clock = task.epoch_clock
 
     def start(epoch: int) -> None:  # before an execution of the dataset: it draws from `epoch` on
         if clock is not None and rank == 0:
-            ray.get(clock.set.remote(epoch))
+            clock.set(epoch)
         _barrier(world)
 
     if task.epochs_span:
@@ -115,32 +114,6 @@ def _make_logger(tracking: dict | None, rank: int):
     logger = RunLogger(tracking["experiment"], rank=rank, uri=tracking.get("uri"), flush_every_s=5.0)
     logger.start(tracking["run_name"])  # joins the RUNNING run the driver opened (resume rule)
     return logger
-
-
-def epoch_clock(name: str, epoch: int = 0):
-    """Get or create the named actor that tells the data pipeline which epoch is running.
-
-    The training loop's rank 0 sets it at the start of every epoch, after a barrier, so
-    every map task of an epoch draws its clips from ``sample_rng(seed, epoch, video)``.
-    """
-    import ray
-
-    from pipelines.cluster import on_this_node
-
-    @ray.remote(num_cpus=0)
-    class EpochClock:
-        def __init__(self, value: int) -> None:
-            self.value = value
-
-        def set(self, value: int) -> None:
-            self.value = value
-
-        def get(self) -> int:
-            return self.value
-
-    return EpochClock.options(name=name, get_if_exists=True, lifetime="detached",
-                              scheduling_strategy=on_this_node()).remote(epoch)
-
 
 
 def fit(task: TrainTask, *, datasets: dict, scaling: ScalingConfig, run_name: str, storage_path: str,

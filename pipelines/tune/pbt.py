@@ -138,12 +138,10 @@ def run_pbt_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 def run_segment(ctx: TrialContext, values: dict[str, Any], trial_id: str, checkpoint, *, report: bool) -> None:
     """Train trial ``trial_id`` from ``checkpoint`` (its own, a donor's, or None) to its last epoch,
     then export and register; ``report=False`` (no Tune session): only finish what is left."""
-    import ray
-
+    from pipelines.data.clock import epoch_clock
     from pipelines.io import manifest
     from pipelines.methods import get_method
     from pipelines.train.loop import end_epoch, run_epoch, setup
-    from pipelines.train.runtime import epoch_clock
     from pipelines.tune.trial import _registered
 
     spec = get_method(ctx.method)
@@ -154,8 +152,7 @@ def run_segment(ctx: TrialContext, values: dict[str, Any], trial_id: str, checkp
         return
     fingerprint = manifest.fingerprint(manifest.read_manifest(job.data.manifest))
     parent, logger = _open_runs(ctx, spec, job, phase, trial_id, fingerprint)
-    clock_name = f"vidray-epoch-{job.run_name}.{phase.name}"
-    clock = epoch_clock(clock_name)
+    clock = epoch_clock(f"vidray-epoch-{job.run_name}.{phase.name}")
     try:
         task, dataset, pipe = _task(spec, job, phase, clock, ctx.data_cpus)
         device = torch.device("cuda" if job.scaling.use_gpu and torch.cuda.is_available() else "cpu")
@@ -163,7 +160,7 @@ def run_segment(ctx: TrialContext, values: dict[str, Any], trial_id: str, checkp
         origin = _restore(state, checkpoint, values, trial_id, logger)
         sink = SegmentSink(phase.name, origin) if report else _NoSink()
         while state.epoch < task.loop.epochs:
-            ray.get(clock.set.remote(state.epoch))
+            clock.set(state.epoch)
             end_epoch(state, task, run_epoch(state, task, dataset, sink, logger), sink, logger)
         _export(spec, job, phase, state.method, logger)
         pipe.write_quarantine()
@@ -174,7 +171,7 @@ def run_segment(ctx: TrialContext, values: dict[str, Any], trial_id: str, checkp
         parent.end("FAILED")
         raise
     finally:
-        ray.kill(clock)
+        clock.close()
 
 
 class _NoSink:

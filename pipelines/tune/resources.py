@@ -15,8 +15,8 @@ a detached ``PlacementGroupCleaner`` actor per run for this, but it asks the Sta
 embedded ``ray.init``) it never decides, the groups stay and later trials starve.
 :func:`release_orphaned_groups` removes exactly the groups whose creator is a dead
 ``TrainController`` of this job, read from the GCS tables (no dashboard needed);
-:func:`stop_orphaned_clocks` ends the epoch clocks (detached, named actors) of a stopped
-trial's phases. The cleaners themselves stay (Ray offers no public way to end an unnamed
+The epoch clocks of a stopped trial's phases are closed with
+:func:`pipelines.data.clock.close_clocks`. The cleaners themselves stay (Ray offers no public way to end an unnamed
 detached actor by id); they hold no resources and go with the cluster, and with a
 dashboard they remove the group and exit on their own.
 """
@@ -73,23 +73,3 @@ def release_orphaned_groups() -> int:
     if removed:
         print(f"released {removed} placement group(s) that stopped trials' Ray Train runs left", flush=True)
     return removed
-
-
-def stop_orphaned_clocks(prefix: str) -> int:
-    """End this job's live epoch clocks named ``prefix*`` (detached actors a stopped trial's phase left).
-
-    Call it when no Train run they belong to is running (a finished phase ends its own).
-    """
-    import ray
-
-    ended = 0
-    for actor in _job_actors("ALIVE"):
-        name = str(actor.get("Name") or "")
-        if not name.startswith(prefix):
-            continue
-        try:
-            ray.kill(ray.get_actor(name))
-            ended += 1
-        except Exception as exc:  # noqa: BLE001 - it exited meanwhile
-            log.debug("epoch clock %s: %s", name, exc)
-    return ended

@@ -39,6 +39,7 @@ from typing import Any
 from ray.tune import Callback
 
 from pipelines.config import ConfigError, apply_overrides
+from pipelines.data.clock import close_clocks
 from pipelines.io import storage
 from pipelines.tune import resources, tracking
 from pipelines.tune.cache import release_clip_cache, with_clip_cache
@@ -239,7 +240,7 @@ class SweepCallback(Callback):
     def _closed(self, trial, status: str, epochs: int) -> None:
         resources.release_orphaned_groups()
         if status != "finished":
-            resources.stop_orphaned_clocks(f"vidray-epoch-{self.sweep}.{trial.trial_id}.")
+            close_clocks(f"vidray-epoch-{self.sweep}.{trial.trial_id}.")
         try:
             tracking.close_trial(self.experiment, self.sweep, trial.trial_id, status, epochs)
         except Exception as exc:  # noqa: BLE001 - bookkeeping must not end the sweep
@@ -297,7 +298,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         raise
     finally:
         resources.release_orphaned_groups()
-        resources.stop_orphaned_clocks(f"vidray-epoch-{plan.name}.")
+        close_clocks(f"vidray-epoch-{plan.name}.")
     parent.end("FINISHED")
     return result
 

@@ -41,7 +41,7 @@ def test_a_thousand_videos_with_five_percent_broken(bench, three_nodes):
 
 def test_a_worker_node_dies_mid_epoch(bench, three_nodes):
     report = bench.node_failure(three_nodes, videos=96, epochs=1, checkpoint_every=4, log_every=2)
-    assert report["data_actors"] == {"QuarantineLedger": "head", "EpochClock": "head"}, report
+    assert report["data_actors"] == {"QuarantineLedger": "head"}, report
     assert report["exit"] == 0 and report["finished"], report["tail"]
     assert set(report["initial_placement"].values()) == {"worker1", "worker2"}, report  # spread over both
     assert report["group_starts"] == 2 and report["restarted_placement"], report

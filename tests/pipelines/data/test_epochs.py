@@ -88,7 +88,7 @@ def test_a_batch_across_blocks_copies_only_its_own_rows():
 
 @pytest.mark.slow
 def test_one_execution_gives_each_epoch_the_per_epoch_samples(messy, ray_cluster):  # noqa: F811
-    from pipelines.train.runtime import epoch_clock
+    from pipelines.data.clock import epoch_clock
 
     url, good = messy
     cfg = recipes.recipe("coclr", debug_size=True)
@@ -96,13 +96,13 @@ def test_one_execution_gives_each_epoch_the_per_epoch_samples(messy, ray_cluster
     try:
         span = build_pipeline(url, cfg, "train", epoch=clock, options=LoaderOptions(
             rows_per_task=2, ledger_name="test-epochs", strings=False, span_epochs=3, total_epochs=3))
-        stream = EpochStream(span.dataset, 1, start=lambda e: ray_cluster.get(clock.set.remote(e)))
+        stream = EpochStream(span.dataset, 1, start=clock.set)
         epochs = {e: {int(b["vid_index"][0]): b["rgb_0"][0] for b in stream.batches(e)} for e in range(3)}
         assert stream.executions == 1
         per_epoch = build_pipeline(url, cfg, "train", epoch=clock, options=LoaderOptions(
             rows_per_task=2, ledger_name="test-epochs", strings=False))
         for e in (0, 2):
-            ray_cluster.get(clock.set.remote(e))
+            clock.set(e)
             ref = {int(v): b["rgb_0"][i] for b in per_epoch.dataset.iter_torch_batches(batch_size=4)
                    for i, v in enumerate(b["vid_index"])}
             assert set(epochs[e]) == set(ref) and len(ref) == len(good)   # the good videos, no substitutes
@@ -112,4 +112,4 @@ def test_one_execution_gives_each_epoch_the_per_epoch_samples(messy, ray_cluster
         assert acc["balanced"] and (acc["inputs"], acc["quarantined"]) == (8, 4)
         assert np.all(span.quarantined().column("stage").to_numpy(zero_copy_only=False) != "")
     finally:
-        ray_cluster.kill(clock)
+        clock.close()

@@ -67,13 +67,11 @@ def _dataset(ray, n=16):
 class _SpanRows:
     """Toy ``span_stage``: descriptor rows ``(offset, i)`` to row ``i`` of epoch ``clock + offset``."""
 
-    def __init__(self, clock: str, total: int) -> None:
+    def __init__(self, clock, total: int) -> None:
         self.clock, self.total = clock, total
 
     def __call__(self, batch):
-        import ray
-
-        base = ray.get(ray.get_actor(self.clock).get.remote())
+        base = self.clock.get()
         epochs = base + batch["offset"]
         keep = epochs < self.total
         rng = np.random.default_rng(int(base))
@@ -82,7 +80,7 @@ class _SpanRows:
                 "label_index": batch["i"][keep] % 2, "epoch": epochs[keep], "epoch_seen": epochs[keep]}
 
 
-def _span_dataset(ray, clock: str, total: int, n=16, span=2):
+def _span_dataset(ray, clock, total: int, n=16, span=2):
     descs = [{"offset": k, "i": i} for k in range(span) for i in range(n)]
     return ray.data.from_items(descs, override_num_blocks=span * n // 2).map_batches(
         _SpanRows(clock, total), batch_size=None)
@@ -96,11 +94,10 @@ def _steps(log_path):
 def test_worker_crash_resumes_from_checkpoint_and_resubmission_continues(ray_cluster, tmp_path, span):
     import functools
 
-    from pipelines.train.runtime import epoch_clock
+    from pipelines.data.clock import epoch_clock
 
     log_path = str(tmp_path / "steps.log")
     clock = epoch_clock(f"vidray-test-clock-{tmp_path.name}") if span else None
-    clock_name = f"vidray-test-clock-{tmp_path.name}" if span else None
     # 16 rows / (2 workers x batch 2, or 1 x 4) = 4 steps per epoch; checkpoints at every epoch end and every 5 steps;
     # crash at step 7: the latest checkpoint is step 5's, one step into epoch 2
     # as run_phase: several workers re-execute the dataset each epoch, one worker spans epochs
@@ -110,8 +107,8 @@ def test_worker_crash_resumes_from_checkpoint_and_resubmission_continues(ray_clu
     task = TrainTask(build_method=functools.partial(_build, log_path, 7), video_columns={"rgb_0": "rgb"},
                      optim=OptimConfig(lr=0.01), steps_per_epoch=4,
                      loop=LoopConfig(epochs=3, batch_size=batch, log_every_n_steps=1, checkpoint_every_n_steps=5,
-                                     max_failures=1), epoch_clock=clock_name, epochs_span=span)
-    data = (lambda total: _span_dataset(ray_cluster, clock_name, total)) if span else (lambda _: _dataset(ray_cluster))
+                                     max_failures=1), epoch_clock=clock, epochs_span=span)
+    data = (lambda total: _span_dataset(ray_cluster, clock, total)) if span else (lambda _: _dataset(ray_cluster))
     result = fit(task, datasets={"train": data(3)}, **kwargs)
     assert result.error is None
     steps = _steps(log_path)
@@ -136,4 +133,4 @@ def test_worker_crash_resumes_from_checkpoint_and_resubmission_continues(ray_clu
     assert again.error is None
     assert _steps(log_path) == [13, 14, 15, 16]  # the same run name resumed at epoch 3, step 12
     assert load_checkpoint_state(again.checkpoint)["epoch"] == 4
-    ray_cluster.kill(clock)
+    clock.close()
