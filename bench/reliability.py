@@ -264,10 +264,13 @@ def node_failure(st: Stack, *, videos: int = 96, epochs: int = 1, checkpoint_eve
 def _recovery_figures(evs: list[dict[str, Any]], killed_at: float, steps_per_epoch: int, epochs: int) -> dict[str, Any]:
     reps = reports(evs)
     before = [e for e in reps if e["t"] < killed_at]
-    after = [e for e in reps if e["t"] >= killed_at]
     ckpt = [e for e in before if e["checkpoint"]]
     starts = [e for e in evs if e["event"] == "group_started"]
     restart = next((e for e in starts if e["t"] >= killed_at), None)
+    # The old group can still report a round or two after its node's raylet died, until the
+    # health check fails it: those are not the resumed run's.
+    resumed_at = restart["t"] if restart else killed_at
+    after = [e for e in reps if e["t"] >= resumed_at]
     failure = next((e for e in evs if e["event"] in ("worker_exception", "group_abort") and e["t"] >= killed_at),
                    None)
     last_before = int(before[-1]["step"]) if before else 0
@@ -280,6 +283,7 @@ def _recovery_figures(evs: list[dict[str, Any]], killed_at: float, steps_per_epo
             # measured, not assumed: a resume that re-ran its epoch from the first batch ended past the plan
             "steps_redone_from_epoch_start": max(0, final - steps_per_epoch * epochs),
             "first_step_after_restart": int(first_after["step"]) if first_after else None,
+            "old_group_steps_after_kill": [int(e["step"]) for e in reps if killed_at <= e["t"] < resumed_at],
             "final_step": final, "planned_steps": steps_per_epoch * epochs,
             "extra_steps_run": final - steps_per_epoch * epochs,
             "detect_s": round(failure["t"] - killed_at, 1) if failure else None,

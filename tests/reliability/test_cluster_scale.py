@@ -3,8 +3,8 @@ a tracking outage during a 2-node run, 1,000 videos with 5 % broken over S3, and
 whose raylet is killed mid-epoch. Minutes each: run with ``make reliability`` (or ``-m reliability``).
 
 The node-failure test runs last: it kills a node (and starts it again for any later test). The
-quarantine ledger and the epoch clock live on the driver's node, the head
-(``pipelines.cluster.on_this_node``), so the run recovers on the remaining worker node; the resumed
+quarantine ledger lives on the driver's node, the head (``pipelines.cluster.on_this_node``), and
+the epoch clock in the head's GCS, so the run recovers on the remaining worker node; the resumed
 epoch skips the batches its checkpoint had already trained on (the planned number of steps), and
 rank 0's metrics up to the checkpoint were delivered to MLflow before the checkpoint was reported.
 """
