@@ -55,7 +55,7 @@ class Stack:
     proxy: FaultProxy
     mlflow: MlflowServer
     switch: TcpSwitch
-    secrets: dict[str, str]
+    secrets: dict[str, str] = dataclasses.field(repr=False)  # never in a failing test's traceback
 
     @property
     def env(self) -> dict[str, str]:
