@@ -18,9 +18,9 @@ Train callbacks through :class:`~pipelines.train.runtime.FitOptions`; neither ch
   placed by Ray alone, on whatever capacity is left. (Ray Train's ``ScalingConfig`` has a
   ``placement_strategy``; :class:`pipelines.config.ScalingConfig` does not expose it.)
 
-The quarantine ledger and each phase's epoch clock are the project's own, created on this
-driver's node (:func:`pipelines.cluster.on_this_node`), so losing a worker node does not take
-them with it.
+The quarantine ledger is the project's own actor, created on this driver's node
+(:func:`pipelines.cluster.on_this_node`), and each phase's epoch clock is a key in the head's
+GCS (:mod:`pipelines.data.clock`), so losing a worker node takes neither with it.
 
 Exit status 0 when every phase finished; the last stdout line is a JSON summary.
 """

@@ -157,8 +157,8 @@ def _submit_streaming(cmd: list[str], env: Mapping[str, str], cwd: str,
 
 
 def on_this_node():
-    """Scheduling on the calling process's node (hard affinity): the driver's bookkeeping actors (the
-    epoch clock, the quarantine ledger) must not land on a worker node whose loss would end the run."""
+    """Scheduling on the calling process's node (hard affinity): the driver's bookkeeping actor (the
+    quarantine ledger) must not land on a worker node whose loss would end the run."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
