@@ -202,8 +202,8 @@ class RayRunner:
     """
 
     def __init__(self, cfg, manifest_dir: str, rcfg: recipes.RecipeConfig, epochs: int) -> None:
-        from pipelines.data.dataset import LoaderOptions, build_pipeline
         from pipelines.data.clock import epoch_clock
+        from pipelines.data.dataset import LoaderOptions, build_pipeline
 
         self.clock = epoch_clock(f"vidray-bench-pipeline-{os.getpid()}-{rcfg.name}", ORDER_EPOCH)
         options = LoaderOptions(strings=False, rows_per_task=cfg.rows_per_task, backend=cfg.backend)

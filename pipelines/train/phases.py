@@ -33,10 +33,10 @@ from typing import Any
 import torch
 
 from pipelines.config import apply_overrides, flatten
+from pipelines.data.clock import epoch_clock
 from pipelines.io import manifest, storage
 from pipelines.methods.spec import Encoder, MethodSpec, Phase, phase_data
 from pipelines.train.loop import TrainTask
-from pipelines.data.clock import epoch_clock
 from pipelines.train.runtime import FitOptions, fit
 
 log = logging.getLogger(__name__)
