@@ -16,6 +16,7 @@ The stack is ephemeral: moto keeps S3 in memory, and ``up`` starts from empty st
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import secrets
@@ -37,6 +38,8 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(1, str(ROOT))
 from pipelines.local_head import auth_token, http_ok, job_server_answers
+
+probe = functools.partial(http_ok, timeout=2.0)  # a health poll: a half-up server must not hold it up
 
 STATE_DIR = Path(os.environ.get("VIDRAY_STACK_DIR") or f"/tmp/vidray-stack-{os.getuid()}")
 BUCKET = "vidray-mlflow"
@@ -207,7 +210,7 @@ def start_services(state: Path, st: dict, num_cpus: int) -> dict[str, Callable[[
         backend = f"postgresql+psycopg2://vidray@127.0.0.1:{p['postgres']}/mlflow"
     else:
         backend = f"sqlite:///{state / 'mlflow.db'}"
-    wait_all({"s3": lambda: http_ok(f"{s3}/moto-api/", timeout=2)}, st["services"], 30)
+    wait_all({"s3": lambda: probe(f"{s3}/moto-api/")}, st["services"], 30)
     import boto3  # after the server is up; boto3 reads nothing but these arguments
 
     boto3.client("s3", endpoint_url=s3, region_name=S3_ENV["AWS_REGION"], aws_access_key_id="testing",
@@ -220,7 +223,7 @@ def start_services(state: Path, st: dict, num_cpus: int) -> dict[str, Callable[[
         "--artifacts-destination", f"s3://{BUCKET}/artifacts"], mlflow_env, state)
     save(state, st)
     api = f"http://127.0.0.1:{p['dashboard']}"
-    return {"mlflow": lambda: http_ok(f"http://127.0.0.1:{p['mlflow']}/health", timeout=2),
+    return {"mlflow": lambda: probe(f"http://127.0.0.1:{p['mlflow']}/health"),
             "ray": lambda: ray_ok(ray_env, api)}
 
 
@@ -298,9 +301,9 @@ def status(state: Path) -> int:
         log(f"nothing recorded in {state}")
         return 1
     p, ok = st["ports"], True
-    answers = {"s3": lambda: http_ok(f"http://127.0.0.1:{p['s3']}/moto-api/", timeout=2),
-               "mlflow": lambda: http_ok(f"http://127.0.0.1:{p['mlflow']}/health", timeout=2),
-               "ray": lambda: http_ok(f"http://127.0.0.1:{p['dashboard']}/api/gcs_healthz", timeout=2),
+    answers = {"s3": lambda: probe(f"http://127.0.0.1:{p['s3']}/moto-api/"),
+               "mlflow": lambda: probe(f"http://127.0.0.1:{p['mlflow']}/health"),
+               "ray": lambda: probe(f"http://127.0.0.1:{p['dashboard']}/api/gcs_healthz"),
                "postgres": lambda: alive("postgres", st["services"]["postgres"])}
     for name, rec in st["services"].items():
         running = alive(name, rec)

@@ -21,6 +21,13 @@ import dataclasses
 _NAMESPACE = "vidray-epoch-clock"
 
 
+def _kv():
+    """Ray's key-value store client (imported here: this module is loaded where Ray is not)."""
+    from ray.experimental import internal_kv
+
+    return internal_kv
+
+
 @dataclasses.dataclass(frozen=True)
 class EpochClock:
     """A handle on one clock; picklable, so tasks and Train workers get it as an argument."""
@@ -28,23 +35,17 @@ class EpochClock:
     key: str
 
     def set(self, epoch: int) -> None:
-        from ray.experimental import internal_kv
-
-        internal_kv._internal_kv_put(self.key, str(int(epoch)), overwrite=True, namespace=_NAMESPACE)
+        _kv()._internal_kv_put(self.key, str(int(epoch)), overwrite=True, namespace=_NAMESPACE)
 
     def get(self) -> int:
         """The epoch set last; an error that names the clock if it was closed (its run ended)."""
-        from ray.experimental import internal_kv
-
-        value = internal_kv._internal_kv_get(self.key, namespace=_NAMESPACE)
+        value = _kv()._internal_kv_get(self.key, namespace=_NAMESPACE)
         if value is None:
             raise RuntimeError(f"epoch clock {self.key!r} is closed: the training run it belongs to has ended")
         return int(value)
 
     def close(self) -> None:
-        from ray.experimental import internal_kv
-
-        internal_kv._internal_kv_del(self.key, namespace=_NAMESPACE)
+        _kv()._internal_kv_del(self.key, namespace=_NAMESPACE)
 
 
 def _job_prefix() -> str:
@@ -62,6 +63,4 @@ def epoch_clock(name: str, epoch: int = 0) -> EpochClock:
 
 def close_clocks(prefix: str) -> int:
     """Close this job's clocks whose name starts with ``prefix``; returns how many."""
-    from ray.experimental import internal_kv
-
-    return int(internal_kv._internal_kv_del(_job_prefix() + prefix, del_by_prefix=True, namespace=_NAMESPACE))
+    return int(_kv()._internal_kv_del(_job_prefix() + prefix, del_by_prefix=True, namespace=_NAMESPACE))

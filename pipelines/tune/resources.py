@@ -14,11 +14,11 @@ a detached ``PlacementGroupCleaner`` actor per run for this, but it asks the Sta
 (the dashboard) whether the controller lives; on a cluster without a dashboard (an
 embedded ``ray.init``) it never decides, the groups stay and later trials starve.
 :func:`release_orphaned_groups` removes exactly the groups whose creator is a dead
-``TrainController`` of this job, read from the GCS tables (no dashboard needed);
-The epoch clocks of a stopped trial's phases are closed with
-:func:`pipelines.data.clock.close_clocks`. The cleaners themselves stay (Ray offers no public way to end an unnamed
-detached actor by id); they hold no resources and go with the cluster, and with a
-dashboard they remove the group and exit on their own.
+``TrainController`` of this job, read from the GCS tables (no dashboard needed). The epoch
+clocks of a stopped trial's phases are closed with :func:`pipelines.data.clock.close_clocks`.
+The cleaners themselves stay (Ray offers no public way to end an unnamed detached actor by
+id); they hold no resources and go with the cluster, and with a dashboard they remove the
+group and exit on their own.
 """
 
 from __future__ import annotations
