@@ -194,3 +194,18 @@ def mlflow_server_s3(_mlflow_s3_launched):
     proc, uri, artifact_root, env = _mlflow_s3_launched
     wait_for_mlflow_server(proc, uri)
     yield uri, artifact_root, env
+
+
+@pytest.fixture(scope="session")
+def debug_data(tmp_path_factory):
+    """The session's ``data/debug`` folder: the debug variants' tiny synthetic sets (``ucf101``,
+    ``charades``), made by the first test that needs each, from nothing, as on a fresh clone."""
+    return tmp_path_factory.mktemp("fresh-clone") / "data" / "debug"
+
+
+@pytest.fixture(scope="session")
+def debug_runs(ray_cluster, mlflow_server, debug_data, tmp_path_factory):
+    """First phases of the methods' debug variants, each trained once per session (tests/debug_runs.py)."""
+    from tests.debug_runs import DebugRuns
+
+    return DebugRuns(debug_data, tmp_path_factory.mktemp("debug-runs"), mlflow_server)

@@ -1,6 +1,10 @@
 """``jobs/detection.py --variant debug`` end to end on the session's Ray cluster and MLflow server: both
 tiny synthetic sets made from nothing, pretraining then finetuning, the registered encoder and
-detector load without unpickling, and the whole-video test scores, plots and progress are there."""
+detector load without unpickling, and the whole-video test scores, plots and progress are there.
+
+The pretraining phase is the session's detection debug run (``tests/debug_runs.py``, which
+``test_every_method`` checks too): the whole schedule is then submitted with the same run name,
+as a user resumes a run, so the registered pretraining is skipped and finetuning starts from it."""
 
 from __future__ import annotations
 
@@ -12,20 +16,21 @@ from tests.scripts import load_script
 pytestmark = pytest.mark.slow
 
 
-def test_debug_schedule_registers_loadable_models_and_scores_the_test_videos(ray_cluster, mlflow_server,
-                                                                             tmp_path, monkeypatch, capsys):
+def test_debug_schedule_registers_loadable_models_and_scores_the_test_videos(debug_runs, debug_data, mlflow_server,
+                                                                             monkeypatch, capsys):
     from mlflow import MlflowClient
 
     from pipelines.tracking import load_registered_model
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    data = tmp_path / "data" / "debug"
-    sets = ["--set", f"data.manifest={data / 'ucf101'}", "--set", f"finetune.manifest={data / 'charades'}",
-            "--set", f"storage_path={tmp_path / 'runs'}", "--set", "scaling.num_workers=1"]
+    pretrain = debug_runs.first_phase("detection", capsys)
+    assert pretrain.phase.name == "pretrain_joint" and "[pretrain_joint] epoch 1/1" in pretrain.out
+    sets = [a for o in pretrain.overrides for a in ("--set", o)]
+    sets += ["--set", f"finetune.manifest={debug_data / 'charades'}"]
     assert load_script("jobs/detection.py").main(["--variant", "debug", *sets], method="detection") == 0
     out = capsys.readouterr().out
-    assert "[pretrain_joint] epoch 1/1" in out and "[finetune_joint] epoch 1/1" in out and "val_map25" in out
-    assert "finetune_joint     MAP25" in out and "WAP25" in out  # the test table of the finish hook
+    assert "phase pretrain_joint: already registered" in out and "[finetune_joint] epoch 1/1" in out
+    assert "val_map25" in out and "finetune_joint     MAP25" in out and "WAP25" in out  # the finish hook's table
 
     encoder, info = load_registered_model("models:/detection-debug-rgb@pretrain_joint")
     assert info["backbone"] == "x3d_debug" and info["kwargs"]["num_classes"] == 0

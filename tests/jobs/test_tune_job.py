@@ -30,8 +30,8 @@ from tests.scripts import ROOT, load_script
 pytestmark = pytest.mark.slow
 
 
-def _argv(tmp: Path, name: str) -> list[str]:
-    sets = [f"data.manifest={tmp / 'data' / 'debug' / 'ucf101'}", f"storage_path={tmp / 'runs'}",
+def _argv(tmp: Path, data: Path, name: str) -> list[str]:
+    sets = [f"data.manifest={data / 'ucf101'}", f"storage_path={tmp / 'runs'}",
             "model_name=tune-e2e", "loop.epochs=2", "scaling.num_workers=1", "data.limit=8", "val_split=none"]
     return ["--method", "supervised", "--variant", "debug", "--num-samples", "1", "--name", name,
             "--no-default-space", "--space", "optim.lr=grid(1e-3, 1.0)", "--metric", "epoch_loss",
@@ -60,7 +60,7 @@ def _kill_after_first_trial(proc: subprocess.Popen, name: str, log: Path, timeou
     proc.wait(timeout=60)
 
 
-def test_sweep_killed_then_resumed_stops_early_and_registers_best(ray_cluster, mlflow_server, tmp_path,
+def test_sweep_killed_then_resumed_stops_early_and_registers_best(ray_cluster, mlflow_server, debug_data, tmp_path,
                                                                   monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     name = f"tune-e2e-{tmp_path.name}"
@@ -68,15 +68,15 @@ def test_sweep_killed_then_resumed_stops_early_and_registers_best(ray_cluster, m
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "driver.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "jobs/tune.py", *_argv(tmp_path, name)], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "jobs/tune.py", *_argv(tmp_path, debug_data, name)], cwd=ROOT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         _kill_after_first_trial(proc, name, log)
     finished_before = {r.data.tags["vidray_trial_id"] for r in _trial_runs(name)
                        if r.data.tags.get("vidray_trial_status") == "finished"}
     assert len(finished_before) == 1  # killed mid-sweep
 
     tune_job = load_script("jobs/tune.py")
-    assert tune_job.main([*_argv(tmp_path, name), "--resume"]) == 0
+    assert tune_job.main([*_argv(tmp_path, debug_data, name), "--resume"]) == 0
     out = capsys.readouterr().out
     assert "(resumed)" in out
     # the clip cache: decoded once before the kill (8 videos), read by every trial, deleted at the end
@@ -110,7 +110,7 @@ def test_sweep_killed_then_resumed_stops_early_and_registers_best(ray_cluster, m
         (result_file,) = (tmp_path / "runs" / name).glob(f"*{trial_id}*/result.json")
         assert len(result_file.read_text().splitlines()) == 2
 
-    assert tune_job.main(_argv(tmp_path, name)) == 2  # a stored sweep is not silently started again
+    assert tune_job.main(_argv(tmp_path, debug_data, name)) == 2  # a stored sweep is not silently started again
     registry = load_script("jobs/registry.py")
     assert registry.main(["get", "tune-e2e-rgb@best", "--out", str(tmp_path / "best")]) == 0
     version = client().get_model_version_by_alias("tune-e2e-rgb", "best")
@@ -121,13 +121,6 @@ def test_sweep_killed_then_resumed_stops_early_and_registers_best(ray_cluster, m
     suite = json.loads(client().get_registered_model("tune-e2e-rgb").tags["vidray_eval_suite"])
     assert suite["protocol"] == "retrieval" and suite["fingerprint"] == version.tags["dataset_fingerprint"]
     assert json.loads((tmp_path / "runs" / f"{name}.sweep.json").read_text())["scheduler"] == "asha"
-
-
-
-@pytest.fixture(scope="module")
-def debug_data(tmp_path_factory) -> Path:
-    """The folder where the sweeps' debug variant renders its tiny synthetic set (once per module)."""
-    return tmp_path_factory.mktemp("tune-data")
 
 
 def test_pbt_exploited_trial_continues_from_the_donors_checkpoint(ray_cluster, mlflow_server, debug_data, tmp_path,
@@ -143,7 +136,7 @@ def test_pbt_exploited_trial_continues_from_the_donors_checkpoint(ray_cluster, m
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     name = f"pbt-e2e-{tmp_path.name}"
-    sets = [f"data.manifest={debug_data / 'debug' / 'ucf101'}", f"storage_path={tmp_path / 'runs'}",
+    sets = [f"data.manifest={debug_data / 'ucf101'}", f"storage_path={tmp_path / 'runs'}",
             "model_name=pbt-e2e", "loop.epochs=3", "data.limit=4", "val_split=none"]
     argv = ["--method", "supervised", "--variant", "debug", "--num-samples", "1", "--name", name,
             "--no-default-space", "--space", "optim.lr=grid(1e-3, 1.0)", "--metric", "epoch_loss", "--mode", "min",

@@ -2,7 +2,8 @@
 
 Its ``debug`` variant's first phase trains on the session's local Ray cluster against a real
 MLflow server, on the tiny synthetic set the variant makes itself when the manifest is
-missing (the fresh-clone path); the checkpoint loads into the method it came from; a second
+missing (the fresh-clone path), once per session (``tests/debug_runs.py``: the detection
+schedule's test goes on from the same run); the checkpoint loads into the method it came from; a second
 submission of the same run resumes by skipping the registered phase; the registered encoder
 loads back without unpickling and runs on its input example; the training run has the data
 plane's per-stage telemetry (decode / augment / Arrow ms, bytes read, data wait) for every
@@ -14,23 +15,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.config import apply_overrides
 from pipelines.methods import METHODS, get_method
-from pipelines.prep.ready import ensure_dataset
 from pipelines.train import entry
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def debug_manifest(tmp_path_factory) -> str:
-    """Where the debug variants make their synthetic dataset (once, by the first method tested)."""
-    return str(tmp_path_factory.mktemp("fresh-clone") / "data" / "debug" / "ucf101")
-
-
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_debug_variant_trains_checkpoints_resumes_registers_and_loads(method, ray_cluster, mlflow_server,
-                                                                      debug_manifest, tmp_path, monkeypatch, capsys):
+def test_debug_variant_trains_checkpoints_resumes_registers_and_loads(method, debug_runs, mlflow_server, monkeypatch,
+                                                                      capsys):
     from mlflow import MlflowClient
 
     from pipelines.eval.results import default_protocols, load_encoder
@@ -39,18 +32,11 @@ def test_debug_variant_trains_checkpoints_resumes_registers_and_loads(method, ra
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     spec = get_method(method)
-    overrides = [f"data.manifest={debug_manifest}", f"storage_path={tmp_path / 'runs'}",
-                 f"run_name={method}-e2e-{tmp_path.name}", "scaling.num_workers=1"]
-    job = entry.resolve_paths(apply_overrides(spec.variants["debug"](), overrides))
-    ensure_dataset(job.data, [])  # the first method tested renders and ingests it, as a fresh clone would
-    phase = spec.phases(job)[0]  # the first phase only: the rest of a schedule is the same machinery
-    argv = ["--variant", "debug", "--stage", phase.name] + [a for o in overrides for a in ("--set", o)]
-    assert entry.main(argv, method=method) == 0
-    out = capsys.readouterr().out
-    assert f"[{phase.name}] epoch 1/" in out and "clips/s" in out  # one readable progress line per epoch
-    assert "decode/aug/arrow ms" in out  # the data plane's stages, live
-    run_dir = tmp_path / "runs" / f"{job.run_name}.{phase.name}"
-    ckpts = [p for p in sorted(run_dir.glob("checkpoint_*")) if p.is_dir()]
+    run = debug_runs.first_phase(method, capsys)  # trained here, or by an earlier test that needed it too
+    job, phase, argv = run.job, run.phase, list(run.argv)
+    assert f"[{phase.name}] epoch 1/" in run.out and "clips/s" in run.out  # one readable progress line per epoch
+    assert "decode/aug/arrow ms" in run.out  # the data plane's stages, live
+    ckpts = [p for p in sorted(run.run_dir.glob("checkpoint_*")) if p.is_dir()]
     assert ckpts, "no checkpoint written"
     state = load_state(str(ckpts[-1]))  # weights_only
     model = spec.build(job, phase, {})
