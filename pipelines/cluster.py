@@ -69,10 +69,28 @@ def init_ray(*, num_cpus: int | None = None, dashboard: bool | None = None) -> N
         return
     if dashboard is None:
         dashboard = os.environ.get("VIDRAY_DASHBOARD") == "1"
+    hook = None if dashboard else {"worker_process_setup_hook": f"{__name__}.{quiet_cleaner_warnings.__name__}"}
     # address="local": never attach silently to some other `ray start` cluster on this machine.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-             log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
+             log_to_driver=True, configure_logging=True, logging_level=logging.WARNING, runtime_env=hook)
     log.info("started a local Ray cluster with %s CPUs", ray.cluster_resources().get("CPU"))
+
+
+_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def quiet_cleaner_warnings() -> None:
+    """Worker setup hook of an embedded cluster without a dashboard: Ray Train's warnings that the
+    State API does not answer are not logged.
+
+    Each Ray Train run starts a ``PlacementGroupCleaner`` that asks the State API (served by the
+    dashboard) once a second whether the run's controller lives, and logs a warning each time it
+    gets no answer: without a dashboard, one line a second in the job's output for as long as
+    the run trains. Its job, removing the placement group of a controller that died, is done
+    for Tune's stopped trials by :func:`pipelines.tune.resources.release_orphaned_groups`. Its
+    errors are still logged.
+    """
+    logging.getLogger(_CLEANER_LOGGER).setLevel(logging.ERROR)
 
 
 def ray_job_submit(address: str, working_dir: str, entrypoint: list[str], *, runtime_env: dict | None = None,

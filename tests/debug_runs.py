@@ -23,7 +23,8 @@ from unittest import mock
 @dataclasses.dataclass(frozen=True)
 class FirstPhase:
     """One trained first phase: the resolved job, its phase, the ``--set`` overrides and CLI
-    arguments that made it (rerun them to resume the same run), and what training printed."""
+    arguments that made it (rerun them to resume the same run), and what training printed
+    (the driver's and, forwarded by Ray, its workers' and actors')."""
 
     method: str
     job: Any
@@ -31,6 +32,7 @@ class FirstPhase:
     overrides: tuple[str, ...]
     argv: tuple[str, ...]
     out: str
+    err: str
 
     @property
     def run_dir(self) -> Path:
@@ -70,4 +72,5 @@ class DebugRuns:
             argv = ("--variant", "debug", "--stage", phase.name, *(a for o in overrides for a in ("--set", o)))
             capsys.readouterr()  # what the asking test printed before is its own
             assert entry.main(list(argv), method=method) == 0
-        return FirstPhase(method, job, phase, overrides, argv, capsys.readouterr().out)
+        printed = capsys.readouterr()
+        return FirstPhase(method, job, phase, overrides, argv, printed.out, printed.err)
