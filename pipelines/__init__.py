@@ -11,3 +11,7 @@ _os.environ.setdefault("RAY_AUTH_MODE", "token")
 # to one interval late. Clusters started by our code (and the Docker images) poll every
 # 0.5 s; bench/train.py measures what reports cost. An explicit setting wins.
 _os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# MLflow draws a tqdm bar for every artifact download (a registered encoder, a model's files):
+# in a job's log, three or more lines of carriage-return fragments per training phase between the
+# one-line-per-epoch progress. An explicit setting wins.
+_os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
