@@ -300,7 +300,8 @@ class RunLogger(Delivery):
             name: Model name inside the run.
             input_example: One input batch on the module's device, e.g. ``x_BCTHW`` of shape
                 ``(1, 3, T, H, W)``;
-                the signature is inferred from it and the module's output.
+                the signature is inferred from it and the module's output. A batch of one
+                is logged repeated to two, so that the ``pt2`` program takes any batch size.
             registered_name: Registered model to add a version to (None: not registered).
             backbone: Registry name :func:`vidmodels.create_backbone` rebuilds it from.
             backbone_kwargs: Keyword arguments of that call (e.g. ``num_classes=0``).
@@ -338,6 +339,11 @@ class RunLogger(Delivery):
             folder = self._staging / "model" / name
             files = write_model_files(module, folder, backbone, backbone_kwargs,
                                       input_shape=list(input_example.shape))
+            # torch.export keeps a size-1 dimension static: from a batch of one, the pt2 program
+            # would take batches of one only. The example goes in as a batch of two.
+            if fmt == "pt2" and input_example.shape[0] == 1:
+                input_example = input_example.expand(2, *input_example.shape[1:])
+                output = output.expand(2, *output.shape[1:])
             x = input_example.detach().cpu().numpy()
             kwargs = {
                 "name": name, "run_id": self.run_id, "input_example": x,

@@ -68,6 +68,16 @@ def test_log_register_list_get_promote(mlflow_server, tmp_path, monkeypatch, cap
     assert job.main(["get", f"{name}@nope", "--out", str(tmp_path / "x")]) == 2
     assert job.main(["promote", name, "7", "champion"]) == 2
 
+    import mlflow
+
+    program = mlflow.pytorch.load_model(f"models:/{name}/1")  # the pt2 flavour: a torch.export program
+    t, h, w = vidmodels.get_model_info(BACKBONE).input_size
+    encoder.eval()
+    for batch in (1, 3):  # logged from a batch of one, it takes any batch size
+        x = torch.randn(batch, 3, t, h, w)
+        with torch.no_grad():
+            assert torch.allclose(program(x), encoder(x), atol=1e-5)
+
 
 def test_tampered_download_is_rejected(mlflow_server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
