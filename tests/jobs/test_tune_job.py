@@ -127,8 +127,9 @@ def test_pbt_exploited_trial_continues_from_the_donors_checkpoint(ray_cluster, m
                                                                    monkeypatch, capsys):
     """Two PBT trials side by side, ``lr`` 1e-3 and 1.0 (training loss ~1.3 against ~50), synchronous PBT
     perturbing at epoch 2 of 3: the weak one loads the strong one's checkpoint (the digest it logs is that
-    file's) and goes on from its epoch and step; the exploit is tagged on its MLflow run. (That a restore keeps the donor's weights and moments
-    under the trial's own hyperparameters is tests/pipelines/tune/test_pbt.py.)"""
+    file's) and goes on from its epoch and step; the exploit is tagged on its MLflow run. (That a restore
+    keeps the donor's weights and moments under the trial's own hyperparameters is
+    tests/pipelines/tune/test_pbt.py.)"""
     import hashlib
 
     from pipelines.train.checkpoint import load_state
