@@ -196,7 +196,7 @@ class Delivery:
             run = client.create_run(exp_id, run_name=self._run_name)
             log.info("MLflow run %s (%s) in experiment %s at %s", run.info.run_id, self._run_name,
                      self.experiment, redact_value(self.uri))
-        self.run_id = run.info.run_id
+        self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
 
     def _send_params_tags(self, client, params: dict[str, str], tags: dict[str, str]) -> None:
         from mlflow.entities import Param, RunTag

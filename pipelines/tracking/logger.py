@@ -92,6 +92,7 @@ class RunLogger(Delivery):
         self.max_buffered = max_buffered
         self.backoff_s = backoff_s
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self.outages: list[Outage] = []
         self._client = None
         self._run_name: str | None = None
@@ -331,6 +332,8 @@ class RunLogger(Delivery):
         import torch
         from mlflow.models import infer_signature
 
+        from pipelines.data.workers import patched_environ
+
         was_training = module.training
         module.eval()
         try:
@@ -352,17 +355,22 @@ class RunLogger(Delivery):
                 "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"],
                 "extra_files": [str(f) for f in files], "registered_model_name": registered_name,
                 "await_registration_for": 60}
-            try:
-                # validate_serving_input=False: MLflow would reload the pt2 program to check the
-                # example; the pickle path forwards unknown kwargs to torch.save, so not there.
-                info = mlflow.pytorch.log_model(module, serialization_format=fmt, **kwargs,
-                                                **({"validate_serving_input": False} if fmt == "pt2" else {}))
-            except Exception as exc:  # torch.export raises many types
-                if fmt != "pt2" or isinstance(exc, (ConnectionError, OSError)):
-                    raise
-                log.warning("%s does not torch.export (%s: %s); logging it pickled",
-                            name, type(exc).__name__, str(exc)[:200])
-                info = mlflow.pytorch.log_model(module, serialization_format="pickle", **kwargs)
+            # MLflow 3 files a logged model under the *active* experiment, the Default one ("0")
+            # when none is set, not under its run's: its artifacts would land in experiment 0's
+            # folder, which the embedded store puts in ./mlruns of whichever process created the
+            # database (a checkout, or a job's uploaded working dir that Ray later deletes).
+            with patched_environ({"MLFLOW_EXPERIMENT_ID": str(self.experiment_id)}):
+                try:
+                    # validate_serving_input=False: MLflow would reload the pt2 program to check the
+                    # example; the pickle path forwards unknown kwargs to torch.save, so not there.
+                    info = mlflow.pytorch.log_model(module, serialization_format=fmt, **kwargs,
+                                                    **({"validate_serving_input": False} if fmt == "pt2" else {}))
+                except Exception as exc:  # torch.export raises many types
+                    if fmt != "pt2" or isinstance(exc, (ConnectionError, OSError)):
+                        raise
+                    log.warning("%s does not torch.export (%s: %s); logging it pickled",
+                                name, type(exc).__name__, str(exc)[:200])
+                    info = mlflow.pytorch.log_model(module, serialization_format="pickle", **kwargs)
         finally:
             module.train(was_training)
         if registered_name is None:

@@ -282,3 +282,29 @@ def test_embedded_default_store(tmp_path, monkeypatch):
     assert client.get_run(run_id).data.metrics == {"loss": 0.5}
     assert (tmp_path / "mlruns" / "embedded_test").is_dir()
     assert list((tmp_path / "mlruns").rglob("config.yaml"))
+
+
+def test_a_model_goes_with_its_run_not_to_the_working_directory(tmp_path, monkeypatch):
+    """A registered model's files land in its run's experiment (under ~/.vidray/mlruns), wherever the
+    process runs: not in the Default experiment's ./mlruns of the process that made the database
+    (a job's uploaded working dir under ``ray job submit``, which Ray deletes)."""
+    import torch
+
+    import vidmodels
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("VIDRAY_HOME", str(tmp_path / "home"))
+    (tmp_path / "job-copy").mkdir()
+    monkeypatch.chdir(tmp_path / "job-copy")  # as a submitted job runs in its uploaded copy
+    logger = RunLogger("model home", spill_dir=tmp_path / "spill")
+    run_id = logger.start("with-model")
+    encoder = vidmodels.create_backbone("r3d_debug", num_classes=0)
+    t, h, w = vidmodels.get_model_info("r3d_debug").input_size
+    version = logger.log_model(encoder, "encoder", torch.zeros(1, 3, t, h, w), "model-home",
+                               backbone="r3d_debug", backbone_kwargs={"num_classes": 0})
+    assert logger.end() and version is not None
+    client = MlflowClient(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    model = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert model.experiment_id == client.get_run(run_id).info.experiment_id
+    assert Path(model.artifact_location.removeprefix("file://")).is_relative_to(tmp_path / "home" / "mlruns")
+    assert not (tmp_path / "job-copy" / "mlruns").exists()
