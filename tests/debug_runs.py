@@ -26,13 +26,21 @@ class FirstPhase:
     arguments that made it (rerun them to resume the same run), and what training printed
     (the driver's and, forwarded by Ray, its workers' and actors')."""
 
-    method: str
     job: Any
     phase: Any
     overrides: tuple[str, ...]
-    argv: tuple[str, ...]
     out: str
     err: str
+
+    @property
+    def set_args(self) -> list[str]:
+        """``--set`` and each override: the run's options for any of its phases."""
+        return [a for o in self.overrides for a in ("--set", o)]
+
+    @property
+    def argv(self) -> list[str]:
+        """The CLI arguments of ``entry.main`` that train (or, again, skip) this phase."""
+        return ["--variant", "debug", "--stage", self.phase.name, *self.set_args]
 
     @property
     def run_dir(self) -> Path:
@@ -68,9 +76,9 @@ class DebugRuns:
         job = entry.resolve_paths(apply_overrides(spec.variants["debug"](), list(overrides)))
         with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": self.tracking_uri}):
             ensure_dataset(job.data, [])  # the first run renders and ingests it, as a fresh clone would
-            phase = spec.phases(job)[0]  # the first phase only: the rest of a schedule is the same machinery
-            argv = ("--variant", "debug", "--stage", phase.name, *(a for o in overrides for a in ("--set", o)))
+            # the first phase only: the rest of a schedule is the same machinery
+            run = FirstPhase(job, spec.phases(job)[0], overrides, out="", err="")
             capsys.readouterr()  # what the asking test printed before is its own
-            assert entry.main(list(argv), method=method) == 0
+            assert entry.main(run.argv, method=method) == 0
         printed = capsys.readouterr()
-        return FirstPhase(method, job, phase, overrides, argv, printed.out, printed.err)
+        return dataclasses.replace(run, out=printed.out, err=printed.err)

@@ -25,8 +25,7 @@ def test_debug_schedule_registers_loadable_models_and_scores_the_test_videos(deb
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     pretrain = debug_runs.first_phase("detection", capsys)
     assert pretrain.phase.name == "pretrain_joint" and "[pretrain_joint] epoch 1/1" in pretrain.out
-    sets = [a for o in pretrain.overrides for a in ("--set", o)]
-    sets += ["--set", f"finetune.manifest={debug_data / 'charades'}"]
+    sets = [*pretrain.set_args, "--set", f"finetune.manifest={debug_data / 'charades'}"]
     assert load_script("jobs/detection.py").main(["--variant", "debug", *sets], method="detection") == 0
     out = capsys.readouterr().out
     assert "phase pretrain_joint: already registered" in out and "[finetune_joint] epoch 1/1" in out

@@ -33,7 +33,7 @@ def test_debug_variant_trains_checkpoints_resumes_registers_and_loads(method, de
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     spec = get_method(method)
     run = debug_runs.first_phase(method, capsys)  # trained here, or by an earlier test that needed it too
-    job, phase, argv = run.job, run.phase, list(run.argv)
+    job, phase, argv = run.job, run.phase, run.argv
     assert f"[{phase.name}] epoch 1/" in run.out and "clips/s" in run.out  # one readable progress line per epoch
     assert "decode/aug/arrow ms" in run.out  # the data plane's stages, live
     for noise in ("State API may be temporarily unavailable", "Downloading artifacts"):  # pipelines/__init__, cluster
