@@ -14,10 +14,8 @@ them first, from nothing, as on a fresh clone.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,13 +66,14 @@ class DebugRuns:
 
     def _train(self, method: str, capsys) -> FirstPhase:
         from pipelines.config import apply_overrides
+        from pipelines.data.workers import patched_environ
         from pipelines.methods import get_method
         from pipelines.prep.ready import ensure_dataset
         from pipelines.train import entry
 
         spec, overrides = get_method(method), self.overrides(method)
         job = entry.resolve_paths(apply_overrides(spec.variants["debug"](), list(overrides)))
-        with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": self.tracking_uri}):
+        with patched_environ({"MLFLOW_TRACKING_URI": self.tracking_uri}):
             ensure_dataset(job.data, [])  # the first run renders and ingests it, as a fresh clone would
             # the first phase only: the rest of a schedule is the same machinery
             run = FirstPhase(job, spec.phases(job)[0], overrides, out="", err="")

@@ -328,11 +328,8 @@ class RunLogger(Delivery):
             return None
 
     def _log_model(self, module, name, input_example, registered_name, backbone, backbone_kwargs, fmt):
-        import mlflow
         import torch
         from mlflow.models import infer_signature
-
-        from pipelines.data.workers import patched_environ
 
         was_training = module.training
         module.eval()
@@ -355,22 +352,7 @@ class RunLogger(Delivery):
                 "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"],
                 "extra_files": [str(f) for f in files], "registered_model_name": registered_name,
                 "await_registration_for": 60}
-            # MLflow 3 files a logged model under the *active* experiment, the Default one ("0")
-            # when none is set, not under its run's: its artifacts would land in experiment 0's
-            # folder, which the embedded store puts in ./mlruns of whichever process created the
-            # database (a checkout, or a job's uploaded working dir that Ray later deletes).
-            with patched_environ({"MLFLOW_EXPERIMENT_ID": str(self.experiment_id)}):
-                try:
-                    # validate_serving_input=False: MLflow would reload the pt2 program to check the
-                    # example; the pickle path forwards unknown kwargs to torch.save, so not there.
-                    info = mlflow.pytorch.log_model(module, serialization_format=fmt, **kwargs,
-                                                    **({"validate_serving_input": False} if fmt == "pt2" else {}))
-                except Exception as exc:  # torch.export raises many types
-                    if fmt != "pt2" or isinstance(exc, (ConnectionError, OSError)):
-                        raise
-                    log.warning("%s does not torch.export (%s: %s); logging it pickled",
-                                name, type(exc).__name__, str(exc)[:200])
-                    info = mlflow.pytorch.log_model(module, serialization_format="pickle", **kwargs)
+            info = self._log_flavour(module, name, fmt, kwargs)
         finally:
             module.train(was_training)
         if registered_name is None:
@@ -382,3 +364,29 @@ class RunLogger(Delivery):
             if key in run_tags:
                 client.set_model_version_tag(registered_name, version.version, key, run_tags[key])
         return client.get_model_version(registered_name, version.version)
+
+    def _log_flavour(self, module, name: str, fmt: str, kwargs: dict[str, Any]):
+        """``mlflow.pytorch.log_model`` in ``fmt``, falling back to pickle when ``pt2`` does not export.
+
+        MLflow 3 files a logged model under the *active* experiment, the Default one ("0") when
+        none is set, not under its run's: its artifacts would land in experiment 0's folder, which
+        the embedded store puts in ./mlruns of whichever process created the database (a checkout,
+        or a job's uploaded working dir that Ray later deletes). The run's experiment is named
+        for the call.
+        """
+        import mlflow
+
+        from pipelines.data.workers import patched_environ
+
+        with patched_environ({"MLFLOW_EXPERIMENT_ID": str(self.experiment_id)}):
+            try:
+                # validate_serving_input=False: MLflow would reload the pt2 program to check the
+                # example; the pickle path forwards unknown kwargs to torch.save, so not there.
+                return mlflow.pytorch.log_model(module, serialization_format=fmt, **kwargs,
+                                                **({"validate_serving_input": False} if fmt == "pt2" else {}))
+            except Exception as exc:  # torch.export raises many types
+                if fmt != "pt2" or isinstance(exc, (ConnectionError, OSError)):
+                    raise
+                log.warning("%s does not torch.export (%s: %s); logging it pickled",
+                            name, type(exc).__name__, str(exc)[:200])
+                return mlflow.pytorch.log_model(module, serialization_format="pickle", **kwargs)
