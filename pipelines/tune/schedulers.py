@@ -9,7 +9,8 @@ from the copy pickled when the sweep started: ASHA's rungs are empty again, so a
 killed driver the next trial to reach a rung would pass it unopposed and the sweep would
 stop different trials than an uninterrupted one. :class:`ReplayingASHA` refills the rungs
 when Tune re-adds a restored trial, from the results Tune stored for it (``result.json``
-in the trial's folder), exactly as they were first recorded. It also lets a trial that
+in the trial's folder, or the driver's staged copy of it, see :func:`stored_results`), exactly
+as they were first recorded. It also lets a trial that
 has trained all its epochs finish (registration, MLflow) instead of stopping it.
 
 HyperBand (synchronous; it pauses trials at a rung and resumes the best, which here means
@@ -30,7 +31,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler, PopulationBasedTraining
 
@@ -42,14 +44,29 @@ RESULT_FILE = "result.json"  # ray.tune.result.EXPR_RESULT_FILE: one JSON line p
 
 
 def stored_results(trial) -> list[dict[str, Any]]:
-    """The results Tune stored for ``trial`` (empty for a new trial, or when unreadable)."""
+    """The results Tune stored for ``trial`` (empty for a new trial, or when unreadable).
+
+    Tune writes a trial's ``result.json`` in the driver's staging folder (under the Ray session's
+    temp dir) and copies it to the storage path only when it syncs the experiment: a driver
+    killed in between leaves the stored copy behind the staged one. A restore on the same
+    node reuses that staging folder, so the longer of the two is the trial's record.
+    """
     storage = getattr(trial, "storage", None)
     if storage is None:
         return []
+
+    def read_stored() -> str:
+        with storage.storage_filesystem.open_input_stream(f"{storage.trial_fs_path}/{RESULT_FILE}") as f:
+            return f.readall().decode()
+
+    staged = _read_results(lambda: Path(storage.trial_driver_staging_path, RESULT_FILE).read_text())
+    return max(_read_results(read_stored), staged, key=len)
+
+
+def _read_results(read: Callable[[], str]) -> list[dict[str, Any]]:
+    """The JSON lines ``read()`` returns ([] when it raises: no folder or file yet, a new trial)."""
     try:
-        path = f"{storage.trial_fs_path}/{RESULT_FILE}"
-        with storage.storage_filesystem.open_input_stream(path) as f:
-            text = f.readall().decode()
+        text = read()
     except Exception:  # noqa: BLE001 - no folder or file yet: a new trial
         return []
     out = []

@@ -12,7 +12,7 @@ from pipelines.config import ConfigError
 from pipelines.methods import get_method
 from pipelines.tune import resources
 from pipelines.tune.results import best_row
-from pipelines.tune.schedulers import ReplayingASHA, make_scheduler
+from pipelines.tune.schedulers import ReplayingASHA, make_scheduler, stored_results
 from pipelines.tune.search import make_search
 from pipelines.tune.space import Choice, LogUniform, RandInt, Uniform
 from pipelines.tune.sweep import SweepConfig, _save_settings, _settings, resolve
@@ -62,11 +62,16 @@ def test_max_concurrent_trials_from_the_cluster_cpus():
     assert resources.max_concurrent_trials(job, 1.0, cluster_cpus=1) == 1
 
 
-def _trial(tmp_path, trial_id: str, results: list[dict]):
-    folder = tmp_path / trial_id
-    folder.mkdir()
-    (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results) + '{"cut by a kill')
-    storage = SimpleNamespace(trial_fs_path=str(folder), storage_filesystem=pyarrow.fs.LocalFileSystem())
+def _trial(tmp_path, trial_id: str, results: list[dict], staged: list[dict] | None = None):
+    """A trial whose stored ``result.json`` holds ``results`` and whose driver staging copy, if any,
+    ``staged`` (both end in a line cut by a kill)."""
+    folders = {where: tmp_path / where / trial_id for where in ("storage", "staging")}
+    for where, lines in (("storage", results), ("staging", staged)):
+        if lines is not None:
+            folders[where].mkdir(parents=True)
+            (folders[where] / "result.json").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"cut by a')
+    storage = SimpleNamespace(trial_fs_path=str(folders["storage"]), storage_filesystem=pyarrow.fs.LocalFileSystem(),
+                              trial_driver_staging_path=str(folders["staging"]))
     return SimpleNamespace(trial_id=trial_id, storage=storage)
 
 
@@ -85,6 +90,21 @@ def test_replaying_asha_refills_its_rungs_from_stored_results_and_lets_finished_
     assert scheduler.on_trial_result(None, better, {TIME_ATTR: 1, "epoch_loss": 1.0}) == "CONTINUE"
     # Its last epoch: Tune's ASHA would stop it before it registered its encoders.
     assert scheduler.on_trial_result(None, better, {TIME_ATTR: 2, "epoch_loss": 0.9}) == "CONTINUE"
+
+
+def test_replaying_asha_reads_results_the_killed_driver_staged_but_had_not_synced(tmp_path):
+    """Tune stages ``result.json`` on the driver and syncs it to storage later; a driver killed right
+    after a trial finished leaves the stored copy empty, and a restore on the same node must replay
+    the staged one (without it the next worse trial passed the rung unopposed)."""
+    scheduler = make_scheduler("asha", max_t=2, grace_period=1, reduction_factor=2)
+    scheduler.set_search_properties("epoch_loss", "min")
+    finished = [{TIME_ATTR: 1, "epoch_loss": 1.3}, {TIME_ATTR: 2, "epoch_loss": 1.2}]
+    scheduler.on_trial_add(None, _trial(tmp_path, "t0", [], staged=finished))
+    worse = _trial(tmp_path, "t1", [])
+    scheduler.on_trial_add(None, worse)
+    assert scheduler.on_trial_result(None, worse, {TIME_ATTR: 1, "epoch_loss": 50.0}) == "STOP"
+    assert stored_results(_trial(tmp_path, "t2", finished[:1], staged=finished)) == finished
+    assert stored_results(_trial(tmp_path, "t3", finished, staged=None)) == finished
 
 
 def test_best_row_only_among_trials_that_finished():
