@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from pipelines import tracking
@@ -308,3 +309,36 @@ def test_a_model_goes_with_its_run_not_to_the_working_directory(tmp_path, monkey
     assert model.experiment_id == client.get_run(run_id).info.experiment_id
     assert Path(model.artifact_location.removeprefix("file://")).is_relative_to(tmp_path / "home" / "mlruns")
     assert not (tmp_path / "job-copy" / "mlruns").exists()
+
+
+
+class Branchy(torch.nn.Module):
+    """A module ``torch.export`` refuses: its branch depends on the input's values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 2)
+
+    def forward(self, x_BD):
+        return self.lin(x_BD) if x_BD.mean() > 0 else -self.lin(x_BD)
+
+
+def test_a_module_that_does_not_export_is_registered_pickled(tmp_path, monkeypatch, caplog):
+    """``pt2`` needs ``torch.export``; a module it refuses (data-dependent control flow) is logged
+    in MLflow's pickle format instead, with a warning, and its registered version loads and
+    computes what the module computes, at any batch size."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("VIDRAY_HOME", str(tmp_path / "home"))
+    module = Branchy()
+    logger = RunLogger("no export", spill_dir=tmp_path / "spill")
+    logger.start("branchy")
+    with caplog.at_level(logging.WARNING, logger="pipelines.tracking"):
+        version = logger.log_model(module, "encoder", torch.ones(1, 4), "branchy")
+    assert logger.end() and version is not None and str(version.version) == "1"
+    assert "does not torch.export (GuardOnDataDependentSymNode" in caplog.text
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    loaded = mlflow.pytorch.load_model("models:/branchy/1")
+    for x in (torch.randn(3, 4) + 1, torch.randn(1, 4) - 1):
+        torch.testing.assert_close(loaded(x), module(x))
