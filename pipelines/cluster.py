@@ -181,3 +181,21 @@ def on_this_node():
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
+_JOB_PACKAGE = re.compile(r"/runtime_resources/working_dir_files/_ray_pkg_[^/]+(/|$)")
+
+
+def job_package_warning(url: str, what: str = "checkpoints") -> str | None:
+    """A warning when ``url`` lies inside a submitted job's uploaded working directory, else None.
+
+    Under ``ray job submit --working-dir .`` a relative ``storage_path`` resolves inside Ray's
+    copy of the package (``<session>/runtime_resources/working_dir_files/_ray_pkg_<hash>``). Ray
+    deletes that copy when it collects unused packages, and a changed checkout is a new package:
+    a resubmitted job finds its checkpoints there only while both hold.
+    """
+    if not _JOB_PACKAGE.search(str(url)):
+        return None
+    return (f"warning: {what} go to {url}, inside this job's uploaded working directory; Ray deletes it "
+            "when it collects unused packages, and a changed checkout uploads a new one. For "
+            f"{what} that outlive it: --set storage_path=/shared/path or s3://bucket/runs")

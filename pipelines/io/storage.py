@@ -82,6 +82,17 @@ def absolute(url: str) -> str:
     return os.path.abspath(url)
 
 
+def ray_storage(url: str) -> tuple[str, Any]:
+    """``(path, pyarrow filesystem or None)``: a storage location as Ray Train and Tune take it (a
+    local path made absolute and no filesystem; an object store through its fsspec filesystem)."""
+    fs, path = get_fs(url)
+    if protocol(url) == "file":
+        return os.path.abspath(path), None
+    import pyarrow.fs
+
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
 def join(base: str, *parts: str) -> str:
     """Join URL or path segments with ``/`` (object stores have no other separator)."""
     out = base.rstrip("/") if base not in ("/", "") else base

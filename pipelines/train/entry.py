@@ -60,11 +60,13 @@ def main(argv: list[str] | None = None, *, method: str | None = None) -> int:
     if args.print_config:
         print(json.dumps(to_dict(job), indent=2))
         return 0
-    from pipelines.cluster import init_ray
+    from pipelines.cluster import init_ray, job_package_warning
     from pipelines.prep.ready import ensure_phase_data
     from pipelines.train.phases import run_phases
 
     phases = spec.schedule(job, args.stage)  # an impossible config is refused before data is touched
+    if warning := job_package_warning(job.storage_path):
+        print(warning, flush=True)
     init_ray()
     ensure_phase_data(spec, job, phases)
     storage.makedirs(job.storage_path)

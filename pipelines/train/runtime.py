@@ -129,14 +129,7 @@ def fit(task: TrainTask, *, datasets: dict, scaling: ScalingConfig, run_name: st
 
     from pipelines.io import storage
 
-    fs, path = storage.get_fs(storage_path)
-    filesystem = None
-    if storage.protocol(storage_path) == "file":
-        path = os.path.abspath(path)
-    else:
-        import pyarrow.fs
-
-        filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+    path, filesystem = storage.ray_storage(storage_path)
     options = options or FitOptions()
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config={"task": task}, datasets=datasets,

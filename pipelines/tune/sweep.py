@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from typing import Any
 
 from ray.tune import Callback
 
+from pipelines.cluster import job_package_warning
 from pipelines.config import ConfigError, apply_overrides
 from pipelines.data.clock import close_clocks
 from pipelines.io import storage
@@ -199,16 +199,6 @@ def _scheduler_message(name: str) -> str:
     return f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}"
 
 
-def _ray_storage(url: str) -> tuple[str, Any]:
-    """``(path, pyarrow filesystem or None)`` as Tune takes a storage location (cf. ``runtime.fit``)."""
-    if storage.protocol(url) == "file":
-        return os.path.abspath(storage.get_fs(url)[1]), None
-    import pyarrow.fs
-
-    fs, path = storage.get_fs(url)
-    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
-
-
 def _tracking_env() -> dict[str, str]:
     from pipelines.tracking import home, tracking_uri
 
@@ -307,7 +297,7 @@ def _restorable(plan: Plan) -> bool:
     """Whether Tune stored this sweep; refuses one stored without ``--resume``."""
     from ray import tune
 
-    _, filesystem = _ray_storage(plan.job.storage_path)
+    _, filesystem = storage.ray_storage(plan.job.storage_path)
     path = storage.join(plan.job.storage_path, plan.name)
     stored = tune.Tuner.can_restore(path, storage_filesystem=filesystem)
     if stored and not plan.cfg.resume:
@@ -323,7 +313,7 @@ def _tuner(plan: Plan, ctx: TrialContext, restoring: bool, concurrency: int, max
     from ray import tune
 
     trainable = _trainable(ctx)
-    path, filesystem = _ray_storage(plan.job.storage_path)
+    path, filesystem = storage.ray_storage(plan.job.storage_path)
     if restoring:
         return tune.Tuner.restore(storage.join(plan.job.storage_path, plan.name), trainable,
                                   resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem)
@@ -362,6 +352,8 @@ def _settings_url(job, name: str) -> str:
 
 
 def _save_settings(plan: Plan) -> None:
+    if warning := job_package_warning(plan.job.storage_path, "the sweep and its trials' checkpoints"):
+        print(warning, flush=True)
     storage.makedirs(plan.job.storage_path)
     with storage.open_url(_settings_url(plan.job, plan.name), "w") as f:
         json.dump(dataclasses.asdict(plan.cfg), f, indent=2)

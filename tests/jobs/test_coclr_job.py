@@ -32,6 +32,8 @@ def test_submit_coclr_debug_from_scratch_then_get_it_from_the_registry(head_node
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert "rendering the 'tiny' synthetic set" in out.stdout  # no data: the debug variant made it
     assert "[infonce_rgb] epoch 1/1" in out.stdout
+    # the debug variant's relative storage_path lies in Ray's copy of the checkout: the job says so
+    assert "checkpoints go to /" in out.stdout and "inside this job's uploaded working directory" in out.stdout
     assert "coclr-debug-rgb" in out.stdout and "infonce_rgb" in out.stdout
 
     get = subprocess.run([sys.executable, "jobs/registry.py", "get", "coclr-debug-rgb@infonce_rgb", "--out",

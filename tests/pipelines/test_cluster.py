@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cluster import _submit_streaming, is_progress_bar, ray_job_submit
+from pipelines.cluster import _submit_streaming, is_progress_bar, job_package_warning, ray_job_submit
 from pipelines.local_head import LocalHead, PortInUseError, _descendants, _processes
 
 
@@ -157,12 +157,16 @@ def test_streaming_forwards_lines_as_they_come_and_holds_back_a_failed_submissio
 @pytest.mark.slow
 def test_ray_job_submit_streams_the_job_output(bystander, tmp_path, capsys):
     got: list[tuple[float, str]] = []
-    code = "import time; print('a', flush=True); time.sleep(3); print('b', flush=True)"
+    code = "import os, time; print('a', os.getcwd(), flush=True); time.sleep(3); print('b', flush=True)"
     out = ray_job_submit(bystander.dashboard_url, str(tmp_path), ["python", "-c", code], env=bystander.env,
                          on_line=lambda line: got.append((time.time(), line)))
     assert out.returncode == 0, out.stdout[-3000:]
-    arrived = {line: at for at, line in got}
+    cwd = next(line.split(" ", 1)[1].strip() for _, line in got if line.startswith("a /"))
+    arrived = {line.split(" ")[0].strip() + "\n": at for at, line in got}
     assert {"a\n", "b\n"} <= arrived.keys(), out.stdout[-3000:]
+    # the job runs in Ray's copy of the working dir: a relative storage_path there is warned about
+    assert job_package_warning(os.path.join(cwd, "data", "runs")) is not None, cwd
+    assert job_package_warning(str(tmp_path / "data" / "runs")) is None
     assert arrived["b\n"] - arrived["a\n"] > 2.0, "the job's output was not streamed"
     assert any("succeeded" in line for _, line in got[-3:])
 
@@ -171,3 +175,12 @@ def test_ray_job_submit_streams_the_job_output(bystander, tmp_path, capsys):
     assert failing.returncode != 0
     printed = capsys.readouterr().out  # the default sink: this process's stdout
     assert "c\n" in printed and "failed" in printed
+
+
+def test_a_path_in_a_submitted_jobs_package_is_warned_about():
+    pkg = "/tmp/ray/session_1/runtime_resources/working_dir_files/_ray_pkg_0123abcd"
+    warning = job_package_warning(f"{pkg}/data/runs")
+    assert warning and f"{pkg}/data/runs" in warning and "--set storage_path=" in warning
+    assert job_package_warning(pkg) is not None
+    for elsewhere in ("/home/me/vidray/data/runs", "s3://bucket/runs", f"{pkg}x/runs".replace("_ray_pkg_", "pkg_")):
+        assert job_package_warning(elsewhere) is None
