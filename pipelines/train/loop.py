@@ -33,25 +33,22 @@ Report sinks (:data:`SINKS`): ``"train"`` calls ``ray.train.report`` (under Ray 
 segmented training such as PBT).
 
 Resuming: a checkpoint restores model, optimiser, scheduler, queue, counters and RNG. A
-mid-epoch checkpoint also holds ``epoch_step``, the optimiser steps already taken in its
-epoch; the resumed epoch draws its data again from the start and :func:`run_epoch` *skips*
-the first ``epoch_step * accumulate_steps`` batches of the shard without training on them,
-so the epoch ends after its remaining steps: the run takes the planned number of optimiser
-steps and its LR schedule ends where an uninterrupted run's does. Skipping, rather than
-training on the first batches again and stopping early (which would repeat them and never
-reach the epoch's last samples), keeps the sample stream of an uninterrupted run: an
-epoch's samples are ``sample_rng(seed, epoch, video)`` in a fixed order (the build's; an
-epoch-spanning dataset's execution restarts at the resumed epoch, in its order), and Ray's
-streaming split hands the ordered blocks to the least-fed worker, so one worker, or workers
-sharing a node, see the same batches again and skip exactly those they trained on. Workers
-on several nodes skip the right number of batches but not always the same samples (Ray
-Train's shard locality prefers blocks made on a worker's node). The cost is decoding the
-skipped batches once more. A checkpoint without ``epoch_step`` (older runs) resumes its
-epoch from the start.
+mid-epoch checkpoint also holds ``epoch_step``, the optimiser steps already taken in its epoch;
+the resumed epoch draws its data again from the start and :func:`run_epoch` *skips* the first
+``epoch_step * accumulate_steps`` batches of the shard without training on them, so the epoch
+ends after its remaining steps: the run takes the planned number of optimiser steps and its LR
+schedule ends where an uninterrupted run's does. Skipping (not training again on the first
+batches) keeps the sample stream of an uninterrupted run: an epoch's samples are
+``sample_rng(seed, epoch, video)`` in a fixed order (the build's; an epoch-spanning dataset's
+execution restarts at the resumed epoch, in its order), and Ray's streaming split hands the
+ordered blocks to the least-fed worker, so one worker, or workers sharing a node, see the same
+batches again and skip exactly those they trained on. Workers on several nodes skip the right
+number of batches but not always the same samples (Ray Train's shard locality prefers blocks
+made on a worker's node). The cost is decoding the skipped batches once more. A checkpoint
+without ``epoch_step`` (older runs) resumes its epoch from the start.
 
-Tracking: before a checkpoint is reported, rank 0's logger delivers what it buffered
-(:meth:`pipelines.tracking.RunLogger.flush_if_reachable`), so every metric logged up to
-a checkpoint is in MLflow before the checkpoint exists, not only after the next periodic flush.
+Tracking: rank 0's logger delivers what it buffered before a checkpoint is reported
+(:meth:`pipelines.tracking.RunLogger.flush_if_reachable`): a checkpoint's metrics are in MLflow first.
 
 Shape legend: ``B`` batch, ``T`` frames, ``H`` height, ``W`` width, ``C`` channels.
 """
