@@ -196,6 +196,6 @@ def job_package_warning(url: str, what: str = "checkpoints") -> str | None:
     """
     if not _JOB_PACKAGE.search(str(url)):
         return None
-    return (f"warning: {what} go to {url}, inside this job's uploaded working directory; Ray deletes it "
-            "when it collects unused packages, and a changed checkout uploads a new one. For "
-            f"{what} that outlive it: --set storage_path=/shared/path or s3://bucket/runs")
+    return (f"warning: {what} go to {url}, inside this job's uploaded working directory, which Ray "
+            "deletes when it collects unused packages (a changed checkout uploads a new one); to keep "
+            "them, --set storage_path=/shared/path or s3://bucket/runs")

@@ -4,14 +4,14 @@ Both run on :data:`~pipelines.tune.trial.TIME_ATTR`, the epochs a trial has trai
 ``training_iteration`` counts reports and restarts from 1 in a restored trial; the epoch
 comes back with the trial's Ray Train checkpoint).
 
-``Tuner.restore`` brings back the searcher and the trials, but the scheduler is rebuilt
-from the copy pickled when the sweep started: ASHA's rungs are empty again, so after a
-killed driver the next trial to reach a rung would pass it unopposed and the sweep would
-stop different trials than an uninterrupted one. :class:`ReplayingASHA` refills the rungs
-when Tune re-adds a restored trial, from the results Tune stored for it (``result.json``
-in the trial's folder, or the driver's staged copy of it, see :func:`stored_results`), exactly
-as they were first recorded. It also lets a trial that
-has trained all its epochs finish (registration, MLflow) instead of stopping it.
+``Tuner.restore`` brings back the searcher and the trials, but the scheduler is rebuilt from
+the copy pickled when the sweep started: ASHA's rungs are empty again, so after a killed
+driver the next trial to reach a rung would pass it unopposed and the sweep would stop
+different trials than an uninterrupted one. :class:`ReplayingASHA` refills the rungs when
+Tune re-adds a restored trial, from the results Tune stored for it (``result.json`` in the
+trial's folder, or the driver's staged copy of it, see :func:`stored_results`), exactly as
+they were first recorded. It also lets a trial that has trained all its epochs finish
+(registration, MLflow) instead of stopping it.
 
 HyperBand (synchronous; it pauses trials at a rung and resumes the best, which here means
 a new trial process whose Ray Train run resumes from its checkpoint) is Tune's own and is
