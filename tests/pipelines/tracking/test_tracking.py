@@ -311,7 +311,6 @@ def test_a_model_goes_with_its_run_not_to_the_working_directory(tmp_path, monkey
     assert not (tmp_path / "job-copy" / "mlruns").exists()
 
 
-
 class Branchy(torch.nn.Module):
     """A module ``torch.export`` refuses: its branch depends on the input's values."""
 
