@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler, PopulationBasedTraining
 
@@ -54,19 +53,19 @@ def stored_results(trial) -> list[dict[str, Any]]:
     storage = getattr(trial, "storage", None)
     if storage is None:
         return []
+    import pyarrow.fs
 
-    def read_stored() -> str:
-        with storage.storage_filesystem.open_input_stream(f"{storage.trial_fs_path}/{RESULT_FILE}") as f:
-            return f.readall().decode()
-
-    staged = _read_results(lambda: Path(storage.trial_driver_staging_path, RESULT_FILE).read_text())
-    return max(_read_results(read_stored), staged, key=len)
+    copies = ((storage.storage_filesystem, "trial_fs_path"),
+              (pyarrow.fs.LocalFileSystem(), "trial_driver_staging_path"))
+    return max((_read_results(fs, storage, folder) for fs, folder in copies), key=len)
 
 
-def _read_results(read: Callable[[], str]) -> list[dict[str, Any]]:
-    """The JSON lines ``read()`` returns ([] when it raises: no folder or file yet, a new trial)."""
+def _read_results(fs, storage, folder: str) -> list[dict[str, Any]]:
+    """The JSON lines of ``result.json`` in ``storage``'s ``folder`` attribute on ``fs`` ([] when
+    there is none yet: a new trial, or a trial folder not named yet)."""
     try:
-        text = read()
+        with fs.open_input_stream(f"{getattr(storage, folder)}/{RESULT_FILE}") as f:
+            text = f.readall().decode()
     except Exception:  # noqa: BLE001 - no folder or file yet: a new trial
         return []
     out = []
