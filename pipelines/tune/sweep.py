@@ -37,7 +37,6 @@ from typing import Any
 
 from ray.tune import Callback
 
-from pipelines.cluster import job_package_warning
 from pipelines.config import ConfigError, apply_overrides
 from pipelines.data.clock import close_clocks
 from pipelines.io import storage
@@ -252,11 +251,13 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     """
     import ray
 
-    from pipelines.cluster import init_ray
+    from pipelines.cluster import init_ray, job_package_warning
     from pipelines.prep.ready import ensure_dataset, ensure_phase_data
     from pipelines.tune.results import finish
 
     plan = resolve(_settings(cfg))
+    if warning := job_package_warning(plan.job.storage_path, "the sweep and its trials' checkpoints"):
+        print(warning, flush=True)
     init_ray()
     ensure_dataset(plan.job.data, [])  # a schedule may read the manifest (supervised: its classes)
     phases = plan.phases()
@@ -352,8 +353,6 @@ def _settings_url(job, name: str) -> str:
 
 
 def _save_settings(plan: Plan) -> None:
-    if warning := job_package_warning(plan.job.storage_path, "the sweep and its trials' checkpoints"):
-        print(warning, flush=True)
     storage.makedirs(plan.job.storage_path)
     with storage.open_url(_settings_url(plan.job, plan.name), "w") as f:
         json.dump(dataclasses.asdict(plan.cfg), f, indent=2)
