@@ -58,6 +58,8 @@ def init_ray(*, num_cpus: int | None = None, dashboard: bool | None = None) -> N
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # read when ray.data is imported
     import ray
 
+    _sync_auth_mode()
+
     if not bars:
         import ray.data
 
@@ -74,6 +76,23 @@ def init_ray(*, num_cpus: int | None = None, dashboard: bool | None = None) -> N
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
              log_to_driver=True, configure_logging=True, logging_level=logging.WARNING, runtime_env=hook)
     log.info("started a local Ray cluster with %s CPUs", ray.cluster_resources().get("CPU"))
+
+
+def _sync_auth_mode() -> None:
+    """Make this process use the authentication mode of ``RAY_AUTH_MODE`` even when ``ray`` was
+    imported before it was set (``import ray`` ahead of any module of ours).
+
+    Ray reads the mode once, into its cached config, when it is imported. Without this refresh
+    the cluster's processes start with token authentication and this driver, still in the
+    mode it read, is refused by its own GCS: a ten-second retry loop of ``InvalidAuthToken``
+    lines, then "Failed to start GCS". The refresh is what Ray itself does when it turns
+    token authentication on (``authentication_token_setup._enable_token_auth``).
+    """
+    from ray._raylet import AuthenticationMode, Config, get_authentication_mode
+
+    wanted = os.environ.get("RAY_AUTH_MODE", "").lower()
+    if (wanted == "token") != (get_authentication_mode() == AuthenticationMode.TOKEN):
+        Config.initialize("")
 
 
 _CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"

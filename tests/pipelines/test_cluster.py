@@ -184,3 +184,18 @@ def test_a_path_in_a_submitted_jobs_package_is_warned_about():
     assert job_package_warning(pkg) is not None
     for elsewhere in ("/home/me/vidray/data/runs", "s3://bucket/runs", f"{pkg}x/runs".replace("_ray_pkg_", "pkg_")):
         assert job_package_warning(elsewhere) is None
+
+
+@pytest.mark.slow
+def test_ray_imported_before_us_still_gets_a_token_cluster_it_can_use():
+    code = ("import ray\n"  # before pipelines sets RAY_AUTH_MODE: Ray has cached 'disabled'
+            "from ray._raylet import AuthenticationMode, get_authentication_mode\n"
+            "from pipelines.cluster import init_ray\n"
+            "init_ray(num_cpus=1)\n"
+            "assert get_authentication_mode() == AuthenticationMode.TOKEN\n"
+            "print('answer', ray.get(ray.remote(lambda: 42).remote()))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0 and "answer 42" in out.stdout, out.stderr[-3000:]
+    assert "InvalidAuthToken" not in out.stderr
