@@ -5,7 +5,7 @@ default) add one value per sample (:data:`COLUMNS`):
 
 * ``t_decode_ms``: wall time of the sample's reads (its ``read_frames`` calls);
 * ``t_augment_ms``: the rest of the sample's wall time (index sampling, augmentation);
-* ``t_arrow_ms``: the block's numpy stacking and Arrow conversion, divided by its rows;
+* ``t_arrow_ms``: the samples' copies into the block's buffer and its Arrow conversion, divided by its rows;
 * ``bytes_read``: bytes the worker process read from files during the sample's reads
   (``rchar`` of ``/proc/self/io``; 0 where there is none).
 

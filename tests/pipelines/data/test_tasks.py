@@ -4,6 +4,7 @@ refers to the previous block, so no block handed out is ever overwritten."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipelines.data import tasks
 
@@ -43,3 +44,16 @@ def test_the_buffer_is_reused_once_free_and_not_while_an_arrow_block_holds_it():
 def test_an_empty_block_keeps_every_column():
     block = tasks._stack([], SCHEMA)
     assert block["clip"].shape == (0, 2, 3) and block["label"].dtype == np.int64 and len(block["name"]) == 0
+
+
+def test_samples_are_copied_into_the_block_as_they_are_added():
+    writer = tasks._BlockWriter(SCHEMA, 3)
+    sample = _samples(5, 1)[0]
+    writer.add(sample)
+    sample["clip"][:] = 99                       # the writer holds a copy, not the sample's array
+    writer.add(_samples(6, 1)[0])
+    block = writer.batch()
+    assert block["clip"][:, 0, 0].tolist() == [5, 6] and block["label"].tolist() == [5, 6]
+    assert block["name"].tolist() == ["v5", "v6"] and block["clip"].dtype == np.uint8
+    with pytest.raises(ValueError, match="'clip'.*shape"):
+        writer.add({"clip": np.zeros((1, 3), np.uint8), "label": 0, "name": "x"})
