@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_the_executor_sees_the_cluster_and_ended_tasks_soon(monkeypatch):
     """Resource limits refresh every 0.1 s (Ray's 1 s left one CPU idle for an execution's first
     second), the scheduling loop turns every 0.05 s (Ray's 0.1 s left a CPU idle after each
-    task) and a task's output metadata is fetched inline (Ray's fetch thread held a task's CPU
-    ~0.1 s after it ended); an environment variable set to 0 keeps Ray's own value, and so does
-    Ray's own variable for the fetch thread."""
+    task), a task's output metadata is fetched inline (Ray's fetch thread held a task's CPU
+    ~0.1 s after it ended) and a turn ends when any task has output; an environment variable
+    set to 0 keeps Ray's own value, and so does Ray's own variable for the fetch thread."""
+    import ray
     from ray.data._internal.execution import metadata_fetcher, streaming_executor_state
     from ray.data._internal.execution.resource_manager import ResourceManager
 
@@ -18,9 +21,12 @@ def test_the_executor_sees_the_cluster_and_ended_tasks_soon(monkeypatch):
     monkeypatch.setattr(streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", 0.1)
     monkeypatch.setattr(metadata_fetcher, "_PREFETCH_ON_THREAD", True)
     monkeypatch.delenv("RAY_DATA_METADATA_PREFETCH_ON_THREAD", raising=False)
+    monkeypatch.setattr(streaming_executor_state, "ray", ray)
     monkeypatch.setenv("VIDRAY_RAY_DATA_LIMITS_REFRESH_S", "0")
     monkeypatch.setenv("VIDRAY_RAY_DATA_INLINE_METADATA", "0")
+    monkeypatch.setenv("VIDRAY_RAY_DATA_WAKE_ON_ANY", "0")
     assert executor.tune_executor() == {"WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.05}
+    assert streaming_executor_state.ray is ray
     assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 1
     assert streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == 0.05
     assert metadata_fetcher._PREFETCH_ON_THREAD is True
@@ -28,9 +34,13 @@ def test_the_executor_sees_the_cluster_and_ended_tasks_soon(monkeypatch):
 
     monkeypatch.delenv("VIDRAY_RAY_DATA_LIMITS_REFRESH_S")
     monkeypatch.delenv("VIDRAY_RAY_DATA_INLINE_METADATA")
+    monkeypatch.delenv("VIDRAY_RAY_DATA_WAKE_ON_ANY")
     monkeypatch.setenv("VIDRAY_RAY_DATA_TURN_S", "0.02")
-    assert executor.tune_executor() == {"GLOBAL_LIMITS_UPDATE_INTERVAL_S": 0.1, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.02,
-                                        "_PREFETCH_ON_THREAD": False}
+    done = executor.tune_executor()
+    assert {k: v for k, v in done.items() if k != "ray"} == {
+        "GLOBAL_LIMITS_UPDATE_INTERVAL_S": 0.1, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.02, "_PREFETCH_ON_THREAD": False}
+    assert isinstance(done["ray"], executor.WakeOnAny) and streaming_executor_state.ray is done["ray"]
+    assert streaming_executor_state.ray.ObjectRef is ray.ObjectRef  # all but wait is Ray's own
     assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.1
     assert isinstance(metadata_fetcher.make_metadata_fetcher(), metadata_fetcher.InlineMetadataFetcher)
 
@@ -83,3 +93,34 @@ def test_limits_refresh_fast_only_until_the_execution_has_cpus():
 
     executor.tune_executor()
     assert ResourceManager.get_global_limits.vidray_fast_until_budgeted
+
+
+def test_a_wait_for_all_returns_when_any_is_ready():
+    """The executor's wait for all running tasks returns with the first ready one and whatever
+    else is ready then; a wait for fewer, and the timeout, are Ray's."""
+    from pipelines.data.executor import WakeOnAny
+
+    class FakeRay:  # refs ready at the times given, the clock advanced by each wait
+        ObjectRef = object
+
+        def __init__(self, ready_at):
+            self.ready_at, self.now, self.calls = ready_at, 0.0, []
+
+        def wait(self, refs, *, num_returns, fetch_local, timeout):
+            self.calls.append((len(refs), num_returns, timeout))
+            due = sorted(self.ready_at[r] for r in refs)[num_returns - 1]
+            self.now = max(self.now, min(due, self.now + (timeout if timeout is not None else due)))
+            ready = [r for r in refs if self.ready_at[r] <= self.now][:num_returns]  # as Ray: at most num_returns
+            return ready, [r for r in refs if r not in ready]
+
+    fake = FakeRay({"a": 0.3, "b": 0.01, "c": 0.01, "d": 5.0})
+    waits = WakeOnAny(fake)
+    assert waits.ObjectRef is object
+    ready, rest = waits.wait(["a", "b", "c", "d"], num_returns=4, fetch_local=False, timeout=0.05)
+    assert sorted(ready) == ["b", "c"] and sorted(rest) == ["a", "d"] and fake.now == 0.01
+    assert fake.calls == [(4, 1, 0.05), (3, 3, 0)]
+    ready, rest = waits.wait(["a", "d"], num_returns=2, fetch_local=False, timeout=0.05)
+    assert ready == [] and rest == ["a", "d"] and fake.now == pytest.approx(0.06)  # the turn still bounds it
+    fake.calls.clear()
+    assert waits.wait(["a", "d"], num_returns=1, fetch_local=False, timeout=1.0)[0] == ["a"]
+    assert fake.calls == [(2, 1, 1.0)]
