@@ -109,7 +109,7 @@ class WakeOnAny:
         return getattr(self._ray, name)
 
     def wait(self, refs, *, num_returns: int = 1, fetch_local: bool = True, timeout: float | None = None):
-        if num_returns < len(refs):
+        if not refs or num_returns < len(refs):
             return self._ray.wait(refs, num_returns=num_returns, fetch_local=fetch_local, timeout=timeout)
         ready, rest = self._ray.wait(refs, num_returns=1, fetch_local=fetch_local, timeout=timeout)
         if ready and rest:
