@@ -148,13 +148,20 @@ def media_of(rows: list[dict]) -> dict[str, tuple[str | None, tuple | None]]:
     return out
 
 
-_BLOCKS: dict[str, np.ndarray] = {}  # column -> this process's block buffer (see _stack)
+_BLOCKS: dict[str, np.ndarray] = {}  # column -> this process's block buffer (see _block_buffer)
 _BLOCKS_LOCK = threading.Lock()  # a check and the view it hands out, as one step
 
 
 def _block_buffer(name: str, dtype: np.dtype, shape: tuple, rows: int) -> np.ndarray:
     """``rows`` rows of this process's buffer for column ``name``: the previous block's, once
-    nothing else refers to it (a view of it, an Arrow array made from it), else a new one."""
+    nothing else refers to it (a view of it, an Arrow array made from it), else a new one.
+
+    The next block reuses the buffer once Ray has serialized this one, instead of a fresh
+    array. A fresh 54 MB block (90 clips of 16 x 112² x 3) is ``mmap``-ed, and faulting its
+    pages in (with ``numpy``'s transparent huge pages, sometimes by synchronous compaction) took
+    0.15 ms of CPU per clip and 1.4-2.4 ms in one block of five; a reused one 0.09 ms. The
+    cost: a decode worker keeps one block's memory between tasks (about ``dataset.BLOCK_BYTES``).
+    """
     with _BLOCKS_LOCK:
         held = _BLOCKS.get(name)
         if (held is None or sys.getrefcount(held) > 3 or held.dtype != dtype or held.shape[1:] != shape
@@ -205,22 +212,6 @@ class _BlockWriter:
             else:
                 out[name] = self.fixed[name][:self.rows]
         return out
-
-
-def _stack(samples: list[dict], schema: dict[str, tuple[str, tuple]]) -> dict[str, np.ndarray]:
-    """Samples to a numpy batch, through a :class:`_BlockWriter` (the process's buffer).
-
-    A fixed-size column goes into a buffer that the process keeps: the next block reuses it
-    once Ray has serialized this one (nothing else refers to it), instead of a fresh array.
-    A fresh 54 MB block (90 clips of 16 x 112² x 3) is ``mmap``-ed, and faulting its pages in
-    (with ``numpy``'s transparent huge pages, sometimes by synchronous compaction) took 0.15 ms
-    of CPU per clip and 1.4-2.4 ms in one block of five; a reused one 0.09 ms. The cost: a
-    decode worker keeps one block's memory between tasks (about ``dataset.BLOCK_BYTES``).
-    """
-    writer = _BlockWriter(schema, len(samples))
-    for sample in samples:
-        writer.add(sample)
-    return writer.batch()
 
 
 def current_epoch(epoch) -> int:

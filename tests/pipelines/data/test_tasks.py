@@ -15,13 +15,21 @@ def _samples(first: int, n: int) -> list[dict]:
     return [{"clip": np.full((2, 3), i, np.uint8), "label": i, "name": f"v{i}"} for i in range(first, first + n)]
 
 
+def _block(samples: list[dict]) -> dict:
+    """The samples as one block, through the process's buffer (what a decode task returns)."""
+    writer = tasks._BlockWriter(SCHEMA, len(samples))
+    for sample in samples:
+        writer.add(sample)
+    return writer.batch()
+
+
 def _address(block: dict) -> int:
     return block["clip"].__array_interface__["data"][0]
 
 
 def test_a_block_still_referred_to_is_never_overwritten():
-    held = tasks._stack(_samples(0, 4), SCHEMA)
-    other = tasks._stack(_samples(10, 4), SCHEMA)
+    held = _block(_samples(0, 4))
+    other = _block(_samples(10, 4))
     assert _address(other) != _address(held)
     assert held["clip"][:, 0, 0].tolist() == [0, 1, 2, 3] and held["label"].tolist() == [0, 1, 2, 3]
     assert other["name"].tolist() == ["v10", "v11", "v12", "v13"]
@@ -30,19 +38,19 @@ def test_a_block_still_referred_to_is_never_overwritten():
 def test_the_buffer_is_reused_once_free_and_not_while_an_arrow_block_holds_it():
     from ray.data.block import BlockAccessor
 
-    address = _address(tasks._stack(_samples(0, 4), SCHEMA))    # dropped at once: Ray has copied it
-    again = tasks._stack(_samples(20, 3), SCHEMA)
+    address = _address(_block(_samples(0, 4)))    # dropped at once: Ray has copied it
+    again = _block(_samples(20, 3))
     assert _address(again) == address and again["clip"][:, 0, 0].tolist() == [20, 21, 22]
     table = BlockAccessor.batch_to_block(again)                    # zero-copy: the table refers to it
     del again
-    later = tasks._stack(_samples(30, 3), SCHEMA)
+    later = _block(_samples(30, 3))
     assert _address(later) != address
     assert table.column("label").to_pylist() == [20, 21, 22]
     assert BlockAccessor.for_block(table).to_numpy("clip")[:, 0, 0].tolist() == [20, 21, 22]
 
 
 def test_an_empty_block_keeps_every_column():
-    block = tasks._stack([], SCHEMA)
+    block = _block([])
     assert block["clip"].shape == (0, 2, 3) and block["label"].dtype == np.int64 and len(block["name"]) == 0
 
 
