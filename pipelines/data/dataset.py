@@ -15,14 +15,18 @@ trainer through ``ray.train.get_dataset_shard(...).iter_torch_batches()`` (build
 ``LoaderOptions(strings=False)`` there: string columns are not tensors).
 
 Blocks. A decode task reads ``rows_per_task`` manifest rows (one Ray Data block): by default
-``clamp(n_rows / (4 * cpus), 16, cap)`` (:func:`auto_rows_per_task`), where ``cap`` keeps a
-block near ``BLOCK_BYTES`` (64 MiB of samples; 16–256 rows), and never so many that a CPU of
-the cluster gets no block. Per-task costs are spread over the block's samples: scheduling,
-~25 ms of driver CPU, two ledger calls, and the time in which the task's CPU idles between
-the end of one task and the start of the next (one or two turns of Ray Data's scheduling loop,
-0.05 s each with :mod:`pipelines.data.executor`'s setting, 0.1 s in Ray's default). About four
-blocks per CPU keep the tail of an epoch short. Decode tasks run with the allocator and thread
-settings of :mod:`pipelines.data.workers` (a Ray ``runtime_env``).
+equal blocks, at least three per CPU and a multiple of the CPUs in number, each at most
+``BLOCK_BYTES`` (96 MiB of samples; 16–256 rows) (:func:`auto_rows_per_task`), and never so
+many rows that a CPU of the cluster gets no block. Per-task costs are spread over the block's
+samples: ~30 ms of CPU per task on a 2-CPU node (the driver's executor and iterator about
+half, then the decode worker, the raylet, the ledger actor: 60- against 90-row blocks in
+``bench/pipeline.py``), and the time in which the task's CPU idles between the end of one task
+and the start of the next (:mod:`pipelines.data.executor` shortens it). Fewer blocks cost
+less, and a count that the CPUs divide keeps the execution's tail short: 720 clips of
+16 x 112² on 2 CPUs, 8 alternated rounds (2026-12-02), in blocks of 60 / 90 / 120 / 180 / 240
+rows: 261 / 270 / 279 / 273 / 233 clips/s at 7.11 / 6.89 / 6.76 / 6.80 / 6.72 CPU ms per clip
+(three blocks per CPU is 120; four was the rule before). Decode tasks run with the allocator
+and thread settings of :mod:`pipelines.data.workers` (a Ray ``runtime_env``).
 
 Randomness. Sample ``i`` of epoch ``e`` draws everything (clip offsets, crops, flips,
 colour) from ``sample_rng(seed, e, video_id)``; the sample order is a permutation
@@ -151,15 +155,19 @@ class LoaderOptions:
     total_epochs: int | None = None
 
 
-BLOCK_BYTES = 64 * 2**20  # a decode task's samples, about (Ray Data splits blocks above 128 MiB)
+BLOCK_BYTES = 96 * 2**20  # a decode task's samples, at most about (Ray Data splits blocks above 128 MiB)
+BLOCKS_PER_CPU = 3        # at least, per execution
 
 
 def auto_rows_per_task(n_rows: int, cpus: float, sample_bytes: int = 0) -> int:
-    """``clamp(n_rows / (4 * cpus), 16, cap)``, but at most ``ceil(n_rows / cpus)`` (every CPU gets a
-    block); ``cap = clamp(BLOCK_BYTES / sample_bytes, 16, 256)``, 64 if the sample size is unknown."""
-    cpus = max(1.0, float(cpus))
+    """Rows of equal blocks, ``BLOCKS_PER_CPU`` per CPU or more, whose count is a multiple of the
+    CPUs: ``ceil(n_rows / (k * cpus))`` with ``k = max(BLOCKS_PER_CPU, ceil(n_rows / (cpus * cap)))``,
+    clamped to ``[16, cap]`` and at most ``ceil(n_rows / cpus)`` (every CPU gets a block);
+    ``cap = clamp(BLOCK_BYTES / sample_bytes, 16, 256)``, 64 if the sample size is unknown."""
+    cpus = max(1, int(cpus))
     cap = min(256, max(16, BLOCK_BYTES // sample_bytes)) if sample_bytes > 0 else 64
-    rows = min(cap, max(16, int(n_rows / (4 * cpus))))
+    per_cpu = max(BLOCKS_PER_CPU, math.ceil(n_rows / (cpus * cap)))
+    rows = min(cap, max(16, math.ceil(n_rows / (per_cpu * cpus))))
     return max(1, min(rows, math.ceil(n_rows / cpus)))
 
 

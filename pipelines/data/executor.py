@@ -8,10 +8,14 @@ Data is imported, so :func:`tune_executor` sets them in this process:
   resource limits from Ray Data's autoscaling coordinator, whose answer is asynchronous (the
   first read returns an empty cache), and refreshes them at most this often. Until the
   first refresh the execution has no CPU budget and runs one task: on 2 CPUs, one CPU idled
-  for the first second of every execution. Here: :data:`LIMITS_REFRESH_S` until the limits
-  grant the execution CPUs, then Ray's interval again (each refresh is an actor call: the
-  coordinator spent 21.2 ms of CPU a second at 0.1 s throughout, 12.0 with this; 145.2
-  against 140.1 clips/s, 12.24 against 12.53 CPU ms per clip, 6 alternated rounds each).
+  for the first second of every execution. Here: :data:`LIMITS_REFRESH_S`, doubled at each
+  refresh that grants no CPU, and Ray's interval once the limits grant CPUs (each refresh is
+  an actor call: the coordinator spent 21.2 ms of CPU a second at a steady 0.1 s, 12.0 with
+  the return to Ray's interval). The second decode task of an execution started 0.12-0.16 s after the first at 0.1 s;
+  ``bench/pipeline.py``'s Ray runner, 720 clips of 16 x 112² in 120-row blocks, 8 alternated
+  rounds each (2026-12-02): 278.0 / 286.3 / 289.4 clips/s at 0.1 / 0.03 / 0.01 s, 6.72 / 6.71
+  / 6.67 CPU ms per clip. The doubling bounds what an execution that never gets a CPU (all
+  taken by other work) pays: 7 refreshes in its first 1.3 s, then one a second.
 * ``streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S`` (Ray: 0.1 s). Each turn
   of the scheduling loop waits this long for *all* running tasks, so an ended task is
   noticed (and its CPU given a new task) up to one or two turns late. Here: :data:`TURN_S`.
@@ -59,7 +63,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
-LIMITS_REFRESH_S = 0.1
+LIMITS_REFRESH_S = 0.01
 TURN_S = 0.05
 INLINE_METADATA = 1
 WAKE_ON_ANY = 1
@@ -76,20 +80,26 @@ class _Setting(NamedTuple):
 
 
 def _fast_until_budgeted(manager_cls: type) -> None:
-    """Once an execution's limits grant it CPUs, refresh them at Ray's own interval again.
+    """Refresh an execution's limits after the class's (fast) interval, then after twice as long
+    at each refresh that grants no CPU, up to Ray's own interval; once they grant CPUs, at Ray's.
 
     The fast refresh is for an execution's start, where the budget is still 0; after that each
-    refresh is an actor call to the autoscaling coordinator (10 a second at 0.1 s), for a
-    figure that changes only when the cluster does."""
+    refresh is an actor call to the autoscaling coordinator, for a figure that changes only
+    when the cluster does."""
     original = manager_cls.get_global_limits
     if getattr(original, "vidray_fast_until_budgeted", False):
         return
     ray_interval_s = manager_cls.GLOBAL_LIMITS_UPDATE_INTERVAL_S
 
     def get_global_limits(self):
+        before = getattr(self, "_global_limits_last_update_time", None)
         limits = original(self)
-        if limits.cpu and "GLOBAL_LIMITS_UPDATE_INTERVAL_S" not in vars(self):
-            self.GLOBAL_LIMITS_UPDATE_INTERVAL_S = ray_interval_s  # this execution's; the class keeps ours
+        own = vars(self).get("GLOBAL_LIMITS_UPDATE_INTERVAL_S")
+        if limits.cpu:
+            if own != ray_interval_s:
+                self.GLOBAL_LIMITS_UPDATE_INTERVAL_S = ray_interval_s  # this execution's; the class keeps ours
+        elif getattr(self, "_global_limits_last_update_time", None) != before or before is None:  # it refreshed
+            self.GLOBAL_LIMITS_UPDATE_INTERVAL_S = min(ray_interval_s, 2 * self.GLOBAL_LIMITS_UPDATE_INTERVAL_S)
         return limits
 
     get_global_limits.vidray_fast_until_budgeted = True

@@ -38,10 +38,10 @@ def test_the_executor_sees_the_cluster_and_ended_tasks_soon(monkeypatch):
     monkeypatch.setenv("VIDRAY_RAY_DATA_TURN_S", "0.02")
     done = executor.tune_executor()
     assert {k: v for k, v in done.items() if k != "ray"} == {
-        "GLOBAL_LIMITS_UPDATE_INTERVAL_S": 0.1, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.02, "_PREFETCH_ON_THREAD": False}
+        "GLOBAL_LIMITS_UPDATE_INTERVAL_S": 0.01, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.02, "_PREFETCH_ON_THREAD": False}
     assert isinstance(done["ray"], executor.WakeOnAny) and streaming_executor_state.ray is done["ray"]
     assert streaming_executor_state.ray.ObjectRef is ray.ObjectRef  # all but wait is Ray's own
-    assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.1
+    assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.01
     assert isinstance(metadata_fetcher.make_metadata_fetcher(), metadata_fetcher.InlineMetadataFetcher)
 
     monkeypatch.setattr(metadata_fetcher, "_PREFETCH_ON_THREAD", True)
@@ -64,32 +64,49 @@ def test_decode_workers_do_not_import_torch():
 
 
 def test_limits_refresh_fast_only_until_the_execution_has_cpus():
-    """Each refresh is an actor call to Ray Data's autoscaling coordinator: once an execution's
-    limits grant it CPUs, it refreshes at Ray's own interval again, the class keeping ours."""
+    """Each refresh is an actor call to Ray Data's autoscaling coordinator: the interval doubles
+    at each refresh that grants no CPU (up to Ray's), and once an execution's limits grant it
+    CPUs it refreshes at Ray's own interval again, the class keeping ours."""
     from types import SimpleNamespace
 
     from ray.data._internal.execution.resource_manager import ResourceManager
 
     from pipelines.data import executor
 
-    class Manager:  # the two members of ResourceManager that the wrapper uses
+    class Manager:  # the members of ResourceManager that the wrapper uses
         GLOBAL_LIMITS_UPDATE_INTERVAL_S = 1
 
         def __init__(self, cpus):
-            self.cpus = cpus
+            self.cpus, self._global_limits_last_update_time, self.now = cpus, 0.0, 0.0
 
-        def get_global_limits(self):
-            return SimpleNamespace(cpu=self.cpus.pop(0))
+        def get_global_limits(self):  # refreshes (pops the next answer) when the interval has passed
+            if self.now - self._global_limits_last_update_time >= self.GLOBAL_LIMITS_UPDATE_INTERVAL_S:
+                self._global_limits_last_update_time = self.now
+                self.limits = SimpleNamespace(cpu=self.cpus.pop(0))
+            return self.limits
 
     executor._fast_until_budgeted(Manager)
     executor._fast_until_budgeted(Manager)  # wraps once
-    Manager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = 0.1
-    m = Manager([0, 0, 2, 4])
-    assert [m.get_global_limits().cpu for _ in range(2)] == [0, 0]
-    assert m.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.1  # no budget yet: the fast refresh
-    assert m.get_global_limits().cpu == 2 and m.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 1
+    Manager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = 0.01
+    m = Manager([0, 0, 0, 2, 4])
+    m.now = 0.01
+    assert m.get_global_limits().cpu == 0 and m.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.02  # refreshed: doubled
+    assert m.get_global_limits().cpu == 0 and m.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.02  # cached: unchanged
+    m.now = 0.04
+    assert m.get_global_limits().cpu == 0 and m.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.04
+    m.now = 0.1
+    assert m.get_global_limits().cpu == 0 and m.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.08
+    m.now = 0.2
+    assert m.get_global_limits().cpu == 2 and m.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 1  # budgeted: Ray's
+    m.now = 1.2
     assert m.get_global_limits().cpu == 4 and m.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 1
-    assert Manager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.1 and Manager([0]).GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.1
+    assert Manager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.01 and Manager([0]).GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.01
+
+    never = Manager([0] * 20)  # no CPU ever: the interval grows to Ray's and stays
+    for step in range(1, 40):
+        never.now = step * 0.1
+        never.get_global_limits()
+    assert never.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 1 and len(never.cpus) > 10
 
     executor.tune_executor()
     assert ResourceManager.get_global_limits.vidray_fast_until_budgeted

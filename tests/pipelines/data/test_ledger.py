@@ -5,6 +5,7 @@ the read that killed a worker, and reads that name the manifest's codec."""
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import numpy as np
@@ -131,12 +132,15 @@ def test_reads_use_the_manifest_codec_without_probing(rows, monkeypatch):
 
 
 def test_rows_per_task_follows_the_dataset_size():
-    assert auto_rows_per_task(10_000, 16) == 64 and auto_rows_per_task(2_000, 16) == 31
-    assert auto_rows_per_task(120, 2) == 16 and auto_rows_per_task(24, 2) == 12  # every CPU gets a block
+    clip = 16 * 112 * 112 * 3  # a 16 x 112² uint8 clip: 167 of them make 96 MiB
+    assert auto_rows_per_task(720, 2, clip) == 120  # three equal blocks per CPU
+    assert auto_rows_per_task(10_000, 2, clip) == 167  # the byte cap, then 60 blocks, 30 per CPU
+    assert auto_rows_per_task(10_000, 16) == 63 and auto_rows_per_task(2_000, 16) == 42
+    assert auto_rows_per_task(120, 2) == 20 and auto_rows_per_task(24, 2) == 12  # every CPU gets a block
     assert auto_rows_per_task(1, 8) == 1
-    clip = 16 * 112 * 112 * 3  # a 16 x 112² uint8 clip: 111 of them make 64 MiB
-    assert auto_rows_per_task(720, 2, clip) == 90 and auto_rows_per_task(10_000, 2, clip) == 111
-    assert auto_rows_per_task(10_000, 2, 32 * 224 * 224 * 3) == 16 and auto_rows_per_task(10_000, 2, 1000) == 256
+    assert auto_rows_per_task(10_000, 2, 32 * 224 * 224 * 3) == 20 and auto_rows_per_task(10_000, 2, 1000) == 250
+    for n, cpus in ((720, 2), (2_880, 2), (10_000, 16), (5_000, 8), (120, 2)):  # as many blocks on every CPU
+        assert math.ceil(n / auto_rows_per_task(n, cpus, clip)) % cpus == 0, (n, cpus)
     assert sample_bytes(CFG, None) >= 8 * 64 * 64 * 3  # the debug clip and its small columns
 
 
