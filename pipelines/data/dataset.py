@@ -19,7 +19,7 @@ equal blocks, at least three per CPU and a multiple of the CPUs in number, each 
 ``BLOCK_BYTES`` (96 MiB of samples; 16–256 rows) (:func:`auto_rows_per_task`), and never so
 many rows that a CPU of the cluster gets no block. Per-task costs are spread over the block's
 samples: ~30 ms of CPU per task on a 2-CPU node (the driver's executor and iterator about
-half, then the decode worker, the raylet, the ledger actor: 60- against 90-row blocks in
+half, then the decode worker, the raylet, the ledger actor: 45- against 90-row blocks in
 ``bench/pipeline.py``), and the time in which the task's CPU idles between the end of one task
 and the start of the next (:mod:`pipelines.data.executor` shortens it). Fewer blocks cost
 less, and a count that the CPUs divide keeps the execution's tail short: 720 clips of

@@ -11,11 +11,12 @@ Data is imported, so :func:`tune_executor` sets them in this process:
   for the first second of every execution. Here: :data:`LIMITS_REFRESH_S`, doubled at each
   refresh that grants no CPU, and Ray's interval once the limits grant CPUs (each refresh is
   an actor call: the coordinator spent 21.2 ms of CPU a second at a steady 0.1 s, 12.0 with
-  the return to Ray's interval). The second decode task of an execution started 0.12-0.16 s after the first at 0.1 s;
-  ``bench/pipeline.py``'s Ray runner, 720 clips of 16 x 112² in 120-row blocks, 8 alternated
-  rounds each (2026-12-02): 278.0 / 286.3 / 289.4 clips/s at 0.1 / 0.03 / 0.01 s, 6.72 / 6.71
-  / 6.67 CPU ms per clip. The doubling bounds what an execution that never gets a CPU (all
-  taken by other work) pays: 7 refreshes in its first 1.3 s, then one a second.
+  the return to Ray's interval). At 0.1 s the second decode task of an execution started
+  0.12-0.16 s after the first. ``bench/pipeline.py``'s Ray runner, 720 clips of 16 x 112² in
+  120-row blocks, 8 alternated rounds each (2026-12-02): 278.0 / 286.3 / 289.4 clips/s at a
+  steady 0.1 / 0.03 / 0.01 s, 6.72 / 6.71 / 6.67 CPU ms per clip. The doubling bounds what
+  an execution that never gets a CPU (all taken by other work) pays: 7 refreshes in its first
+  1.3 s, then one a second.
 * ``streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S`` (Ray: 0.1 s). Each turn
   of the scheduling loop waits this long for *all* running tasks, so an ended task is
   noticed (and its CPU given a new task) up to one or two turns late. Here: :data:`TURN_S`.

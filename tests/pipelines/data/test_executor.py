@@ -37,8 +37,9 @@ def test_the_executor_sees_the_cluster_and_ended_tasks_soon(monkeypatch):
     monkeypatch.delenv("VIDRAY_RAY_DATA_WAKE_ON_ANY")
     monkeypatch.setenv("VIDRAY_RAY_DATA_TURN_S", "0.02")
     done = executor.tune_executor()
-    assert {k: v for k, v in done.items() if k != "ray"} == {
-        "GLOBAL_LIMITS_UPDATE_INTERVAL_S": 0.01, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.02, "_PREFETCH_ON_THREAD": False}
+    assert {k: v for k, v in done.items() if k != "ray"} == {"GLOBAL_LIMITS_UPDATE_INTERVAL_S": 0.01,
+                                                             "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.02,
+                                                             "_PREFETCH_ON_THREAD": False}
     assert isinstance(done["ray"], executor.WakeOnAny) and streaming_executor_state.ray is done["ray"]
     assert streaming_executor_state.ray.ObjectRef is ray.ObjectRef  # all but wait is Ray's own
     assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 0.01
