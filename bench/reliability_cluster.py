@@ -123,10 +123,7 @@ class WorkerNode:
             raise RuntimeError(f"worker node {self.index} already runs (pid {self._proc.pid})")
         ports: dict[str, int] = {}
         for name in self.PORT_FLAGS:
-            while name not in ports:
-                port = _free_port()
-                if port not in ports.values() and port not in self.head.ports.values():
-                    ports[name] = port
+            ports[name] = _free_port(set(ports.values()) | set(self.head.ports.values()))
         low, high = _free_port_range(self.worker_ports, set(ports.values()) | set(self.head.ports.values()))
         self.ports = {**ports, "min_worker": low, "max_worker": high}
         self.temp_dir = tempfile.mkdtemp(prefix="vw", dir="/tmp")  # short: Ray's socket paths < 108 bytes

@@ -31,8 +31,33 @@ class PortInUseError(RuntimeError):
     """A port that the caller asked :class:`LocalHead` for is already bound on this machine."""
 
 
-def _free_port() -> int:
-    """A port that is free on 127.0.0.1 now (the kernel's pick)."""
+_LOW_PORT = 10000  # the lowest port a head or node picks for itself
+
+
+def _ephemeral_start() -> int:
+    """The first port of the kernel's ephemeral range (Linux: ``ip_local_port_range``; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
+    """A port free on this machine now, below the kernel's ephemeral range and not in ``avoid``.
+
+    Below that range the kernel never hands the port to an outgoing connection between this pick
+    and the server's bind. A kernel pick (``bind(("127.0.0.1", 0))``) comes from that range, and
+    on a busy machine a connection took one: a head's dashboard agent then failed to bind its
+    metrics port ("Address already in use"), its raylet exited, and the job submitted to it
+    failed (2026-12-02, a CI run). The kernel's pick remains where that range starts too low.
+    """
+    import random
+
+    high = _ephemeral_start()
+    for _ in range(200 if high - _LOW_PORT > 1000 else 0):
+        port = random.randrange(_LOW_PORT, high)
+        if port not in avoid and not port_in_use(port):
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -53,16 +78,17 @@ def port_in_use(port: int) -> bool:
 
 
 def _free_port_range(size: int, avoid: set[int]) -> tuple[int, int]:
-    """``size`` consecutive free ports below Linux's ephemeral range (32768+), so that
-    two heads get different worker ports and the kernel's own picks do not land in them."""
+    """``size`` consecutive free ports below the kernel's ephemeral range, so that two heads get
+    different worker ports and the kernel's own picks do not land in them."""
     import random
 
+    high = max(_LOW_PORT + 2 * size, min(_ephemeral_start(), 32768))
     for _ in range(50):
-        low = random.randrange(10000, 32000 - size)
+        low = random.randrange(_LOW_PORT, high - size)
         ports = range(low, low + size)
         if not avoid.intersection(ports) and not any(port_in_use(p) for p in ports):
             return low, low + size - 1
-    raise RuntimeError(f"found no {size} consecutive free ports in 10000-32000 for Ray workers")
+    raise RuntimeError(f"found no {size} consecutive free ports in {_LOW_PORT}-{high} for Ray workers")
 
 
 def _processes() -> dict[int, tuple[int, int, str, int]] | None:
@@ -275,10 +301,8 @@ class LocalHead:
                     f"{name} port ({PORT_OPTIONS[name]}), or none to use a free one.")
         ports = dict(self.requested)
         for name in (*self.PORT_FLAGS, *self.PORT_ENV):
-            while name not in ports:
-                port = _free_port()
-                if port not in ports.values():
-                    ports[name] = port
+            if name not in ports:
+                ports[name] = _free_port(set(ports.values()))
         low, high = _free_port_range(self.worker_ports, set(ports.values()))
         return {**ports, "min_worker": low, "max_worker": high}
 

@@ -127,6 +127,30 @@ def test_a_requested_port_in_use_is_a_clear_error(name):
     assert head.pid is None and head.temp_dir is None  # nothing was started
 
 
+def test_a_head_picks_its_ports_below_the_kernels_ephemeral_range(monkeypatch):
+    """The kernel gives outgoing connections ports of its ephemeral range, so a port picked there
+    could be taken before Ray binds it; a head's own picks are below it, distinct and free."""
+    import random
+
+    from pipelines import local_head
+
+    start = local_head._ephemeral_start()
+    ports = LocalHead()._pick_ports()
+    named = [v for k, v in ports.items() if k not in ("min_worker", "max_worker")]
+    assert len(set(named)) == len(named) == len(LocalHead.PORT_FLAGS) + len(LocalHead.PORT_ENV)
+    assert all(local_head._LOW_PORT <= p < start for p in named)
+    assert not set(named) & set(range(ports["min_worker"], ports["max_worker"] + 1))
+
+    with socket.socket() as taken:  # a port in use, and one to avoid, are stepped over
+        taken.bind(("127.0.0.1", named[0]))
+        taken.listen()
+        picks = iter([named[0], named[1], named[2]])
+        monkeypatch.setattr(random, "randrange", lambda *_: next(picks))
+        assert local_head._free_port({named[1]}) == named[2]
+    monkeypatch.setattr(local_head, "_ephemeral_start", lambda: 1024)  # no room below it: the kernel's pick
+    assert local_head._free_port() >= 1024
+
+
 def test_progress_bars_are_recognised():
     assert is_progress_bar("Running Dataset: dataset_3_0. Active & requested resources: 1/2 CPU\n")
     assert is_progress_bar("2026-01-01 00:00:00,000\tINFO logging_progress.py:231 -- ReadRange: 0/1\n")
