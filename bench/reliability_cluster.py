@@ -31,13 +31,13 @@ from pipelines.local_head import (
     LocalHead,
     _alive,
     _descendants,
-    _free_port,
     _free_port_range,
     _processes,
     _signal,
     _signal_group,
     _wait_gone,
     auth_token,
+    free_port,
     http_get,
 )
 
@@ -123,7 +123,7 @@ class WorkerNode:
             raise RuntimeError(f"worker node {self.index} already runs (pid {self._proc.pid})")
         ports: dict[str, int] = {}
         for name in self.PORT_FLAGS:
-            ports[name] = _free_port(set(ports.values()) | set(self.head.ports.values()))
+            ports[name] = free_port(set(ports.values()) | set(self.head.ports.values()))
         low, high = _free_port_range(self.worker_ports, set(ports.values()) | set(self.head.ports.values()))
         self.ports = {**ports, "min_worker": low, "max_worker": high}
         self.temp_dir = tempfile.mkdtemp(prefix="vw", dir="/tmp")  # short: Ray's socket paths < 108 bytes

@@ -42,7 +42,7 @@ def _ephemeral_start() -> int:
         return 32768
 
 
-def _free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
+def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
     """A port free on this machine now, below the kernel's ephemeral range and not in ``avoid``.
 
     Below that range the kernel never hands the port to an outgoing connection between this pick
@@ -302,7 +302,7 @@ class LocalHead:
         ports = dict(self.requested)
         for name in (*self.PORT_FLAGS, *self.PORT_ENV):
             if name not in ports:
-                ports[name] = _free_port(set(ports.values()))
+                ports[name] = free_port(set(ports.values()))
         low, high = _free_port_range(self.worker_ports, set(ports.values()))
         return {**ports, "min_worker": low, "max_worker": high}
 

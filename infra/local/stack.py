@@ -22,7 +22,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ BIN = Path(sys.executable).parent
 # `ray job submit -- python jobs/coclr.py ...` finds jobs/ without --working-dir.
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(1, str(ROOT))
-from pipelines.local_head import auth_token, http_ok, job_server_answers
+from pipelines.local_head import auth_token, free_port, http_ok, job_server_answers
 
 probe = functools.partial(http_ok, timeout=2.0)  # a health poll: a half-up server must not hold it up
 
@@ -57,15 +56,12 @@ def log(msg: str) -> None:
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free on 127.0.0.1 a moment ago (all bound at once, so no repeats)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """``n`` distinct ports free a moment ago, below the kernel's ephemeral range, where no
+    outgoing connection can take one before its service binds it (:func:`~pipelines.local_head.free_port`)."""
+    ports: list[int] = []
+    for _ in range(n):
+        ports.append(free_port(set(ports)))
+    return ports
 
 
 # ---------------------------------------------------------------- process groups

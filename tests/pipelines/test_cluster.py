@@ -146,9 +146,9 @@ def test_a_head_picks_its_ports_below_the_kernels_ephemeral_range(monkeypatch):
         taken.listen()
         picks = iter([named[0], named[1], named[2]])
         monkeypatch.setattr(random, "randrange", lambda *_: next(picks))
-        assert local_head._free_port({named[1]}) == named[2]
+        assert local_head.free_port({named[1]}) == named[2]
     monkeypatch.setattr(local_head, "_ephemeral_start", lambda: 1024)  # no room below it: the kernel's pick
-    assert local_head._free_port() >= 1024
+    assert local_head.free_port() >= 1024
 
 
 def test_progress_bars_are_recognised():
