@@ -31,7 +31,10 @@ class PortInUseError(RuntimeError):
     """A port that the caller asked :class:`LocalHead` for is already bound on this machine."""
 
 
-_LOW_PORT = 10000  # the lowest port a head or node picks for itself
+# Ports a head or node picks for itself, below the kernel's ephemeral range: its named ports
+# (GCS, dashboard, agents, metrics) from 10000 up to the worker band, its workers' ranges above.
+_LOW_PORT = 10000
+_WORKER_BAND = 16000
 
 
 def _ephemeral_start() -> int:
@@ -43,24 +46,29 @@ def _ephemeral_start() -> int:
 
 
 def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
-    """A port free on this machine now, below the kernel's ephemeral range and not in ``avoid``.
+    """A port free on this machine now, not in ``avoid``, from 10000 up to the band of worker ports
+    (and below the kernel's ephemeral range).
 
-    Below that range the kernel never hands the port to an outgoing connection between this pick
-    and the server's bind. A kernel pick (``bind(("127.0.0.1", 0))``) comes from that range, and
-    on a busy machine a connection took one: a head's dashboard agent then failed to bind its
-    metrics port ("Address already in use"), its raylet exited, and the job submitted to it
-    failed (2026-12-02, a CI run). The kernel's pick remains where that range starts too low.
+    There the kernel never hands the port to an outgoing connection between this pick and the
+    server's bind, nor does another head give it to one of its workers. A kernel pick
+    (``bind(("127.0.0.1", 0))``) comes from the ephemeral range, and on a busy machine a
+    connection took one: a head's dashboard agent then failed to bind its metrics port
+    ("Address already in use"), its raylet exited, and the job submitted to it failed
+    (2026-12-02, a CI run). The kernel's pick remains where that range starts too low.
     """
     import random
 
-    high = _ephemeral_start()
+    high = min(_WORKER_BAND, _ephemeral_start())
     for _ in range(200 if high - _LOW_PORT > 1000 else 0):
         port = random.randrange(_LOW_PORT, high)
         if port not in avoid and not port_in_use(port):
             return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
 
 
 def port_in_use(port: int) -> bool:
@@ -78,17 +86,19 @@ def port_in_use(port: int) -> bool:
 
 
 def _free_port_range(size: int, avoid: set[int]) -> tuple[int, int]:
-    """``size`` consecutive free ports below the kernel's ephemeral range, so that two heads get
-    different worker ports and the kernel's own picks do not land in them."""
+    """``size`` consecutive free ports in the worker band (16000 up to the kernel's ephemeral
+    range), so that two heads get different worker ports and neither the kernel's picks nor
+    any head's named ports (:func:`free_port`) land in them."""
     import random
 
-    high = max(_LOW_PORT + 2 * size, min(_ephemeral_start(), 32768))
+    low_end = _WORKER_BAND
+    high = max(low_end + 2 * size, min(_ephemeral_start(), 32768))
     for _ in range(50):
-        low = random.randrange(_LOW_PORT, high - size)
+        low = random.randrange(low_end, high - size)
         ports = range(low, low + size)
         if not avoid.intersection(ports) and not any(port_in_use(p) for p in ports):
             return low, low + size - 1
-    raise RuntimeError(f"found no {size} consecutive free ports in {_LOW_PORT}-{high} for Ray workers")
+    raise RuntimeError(f"found no {size} consecutive free ports in {low_end}-{high} for Ray workers")
 
 
 def _processes() -> dict[int, tuple[int, int, str, int]] | None:
