@@ -31,10 +31,11 @@ class PortInUseError(RuntimeError):
     """A port that the caller asked :class:`LocalHead` for is already bound on this machine."""
 
 
-# Ports a head or node picks for itself, below the kernel's ephemeral range: its named ports
-# (GCS, dashboard, agents, metrics) from 10000 up to the worker band, its workers' ranges above.
-_LOW_PORT = 10000
-_WORKER_BAND = 16000
+# Ports a head or node picks for itself, below the kernel's ephemeral range and above the
+# worker ports of a `ray start` with Ray's defaults (10002-19999): its named ports (GCS,
+# dashboard, agents, metrics) from 20000 up to the worker band, its workers' ranges above.
+_LOW_PORT = 20000
+_WORKER_BAND = 24000
 
 
 def _ephemeral_start() -> int:
@@ -46,7 +47,7 @@ def _ephemeral_start() -> int:
 
 
 def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
-    """A port free on this machine now, not in ``avoid``, from 10000 up to the band of worker ports
+    """A port free on this machine now, not in ``avoid``, from 20000 up to the band of worker ports
     (and below the kernel's ephemeral range).
 
     There the kernel never hands the port to an outgoing connection between this pick and the
@@ -86,7 +87,7 @@ def port_in_use(port: int) -> bool:
 
 
 def _free_port_range(size: int, avoid: set[int]) -> tuple[int, int]:
-    """``size`` consecutive free ports in the worker band (16000 up to the kernel's ephemeral
+    """``size`` consecutive free ports in the worker band (24000 up to the kernel's ephemeral
     range), so that two heads get different worker ports and neither the kernel's picks nor
     any head's named ports (:func:`free_port`) land in them."""
     import random
