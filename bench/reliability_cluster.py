@@ -37,7 +37,7 @@ from pipelines.local_head import (
     _signal_group,
     _wait_gone,
     auth_token,
-    free_port,
+    free_ports,
     http_get,
 )
 
@@ -121,9 +121,7 @@ class WorkerNode:
         """Start the node and wait until the head lists it ALIVE; raises (node stopped) on failure."""
         if self._proc is not None:
             raise RuntimeError(f"worker node {self.index} already runs (pid {self._proc.pid})")
-        ports: dict[str, int] = {}
-        for name in self.PORT_FLAGS:
-            ports[name] = free_port(set(ports.values()) | set(self.head.ports.values()))
+        ports = dict(zip(self.PORT_FLAGS, free_ports(len(self.PORT_FLAGS), set(self.head.ports.values()))))
         low, high = _free_port_range(self.worker_ports, set(ports.values()) | set(self.head.ports.values()))
         self.ports = {**ports, "min_worker": low, "max_worker": high}
         self.temp_dir = tempfile.mkdtemp(prefix="vw", dir="/tmp")  # short: Ray's socket paths < 108 bytes

@@ -17,16 +17,10 @@ import time
 from pathlib import Path
 from typing import Self
 
-from pipelines.local_head import http_ok
+from pipelines.local_head import free_port, http_ok
 from pipelines.tracking.store import MLFLOW_SERVER_ENV
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str, log: Path) -> None:

@@ -72,6 +72,14 @@ def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
             return port
 
 
+def free_ports(n: int, avoid: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """``n`` distinct ports of :func:`free_port`, none in ``avoid``."""
+    ports: list[int] = []
+    for _ in range(n):
+        ports.append(free_port({*avoid, *ports}))
+    return ports
+
+
 def port_in_use(port: int) -> bool:
     """Whether some socket is bound (or listening) on ``port`` of this machine (IPv4, any address).
 
@@ -92,14 +100,13 @@ def _free_port_range(size: int, avoid: set[int]) -> tuple[int, int]:
     any head's named ports (:func:`free_port`) land in them."""
     import random
 
-    low_end = _WORKER_BAND
-    high = max(low_end + 2 * size, min(_ephemeral_start(), 32768))
+    high = max(_WORKER_BAND + 2 * size, min(_ephemeral_start(), 32768))
     for _ in range(50):
-        low = random.randrange(low_end, high - size)
+        low = random.randrange(_WORKER_BAND, high - size)
         ports = range(low, low + size)
         if not avoid.intersection(ports) and not any(port_in_use(p) for p in ports):
             return low, low + size - 1
-    raise RuntimeError(f"found no {size} consecutive free ports in {low_end}-{high} for Ray workers")
+    raise RuntimeError(f"found no {size} consecutive free ports in {_WORKER_BAND}-{high} for Ray workers")
 
 
 def _processes() -> dict[int, tuple[int, int, str, int]] | None:
@@ -311,9 +318,8 @@ class LocalHead:
                     f"cluster. vidray starts its own Ray cluster and never stops anyone else's: choose another "
                     f"{name} port ({PORT_OPTIONS[name]}), or none to use a free one.")
         ports = dict(self.requested)
-        for name in (*self.PORT_FLAGS, *self.PORT_ENV):
-            if name not in ports:
-                ports[name] = free_port(set(ports.values()))
+        missing = [name for name in (*self.PORT_FLAGS, *self.PORT_ENV) if name not in ports]
+        ports.update(zip(missing, free_ports(len(missing), set(ports.values()))))
         low, high = _free_port_range(self.worker_ports, set(ports.values()))
         return {**ports, "min_worker": low, "max_worker": high}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import socket
 import tempfile
 
 import pytest
@@ -33,18 +32,14 @@ def ray_cluster():
     ray.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A moto S3 server on 127.0.0.1, started and stopped by the test session."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    from pipelines.local_head import free_port
+
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
@@ -96,11 +91,12 @@ def launch_mlflow_server(workdir, *, artifact_root: str, env: dict | None = None
     import sys
     from pathlib import Path
 
+    from pipelines.local_head import free_port
     from pipelines.tracking.store import MLFLOW_SERVER_ENV
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
            "--default-artifact-root", artifact_root, "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1", "--no-serve-artifacts"]

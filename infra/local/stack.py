@@ -36,7 +36,7 @@ BIN = Path(sys.executable).parent
 # `ray job submit -- python jobs/coclr.py ...` finds jobs/ without --working-dir.
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(1, str(ROOT))
-from pipelines.local_head import auth_token, free_port, http_ok, job_server_answers
+from pipelines.local_head import auth_token, free_ports, http_ok, job_server_answers
 
 probe = functools.partial(http_ok, timeout=2.0)  # a health poll: a half-up server must not hold it up
 
@@ -53,15 +53,6 @@ MAX_RAY_TEMP = 45  # Ray's socket paths (<temp>/session_<date>_<pid>/sockets/...
 def log(msg: str) -> None:
     """Progress goes to stderr, so that stdout holds only the `export` lines."""
     print(f"[stack] {msg}", file=sys.stderr, flush=True)
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free a moment ago, below the kernel's ephemeral range, where no
-    outgoing connection can take one before its service binds it (:func:`~pipelines.local_head.free_port`)."""
-    ports: list[int] = []
-    for _ in range(n):
-        ports.append(free_port(set(ports)))
-    return ports
 
 
 # ---------------------------------------------------------------- process groups

@@ -93,13 +93,11 @@ def _fast_until_budgeted(manager_cls: type) -> None:
     ray_interval_s = manager_cls.GLOBAL_LIMITS_UPDATE_INTERVAL_S
 
     def get_global_limits(self):
-        before = getattr(self, "_global_limits_last_update_time", None)
+        before = self._global_limits_last_update_time
         limits = original(self)
-        own = vars(self).get("GLOBAL_LIMITS_UPDATE_INTERVAL_S")
         if limits.cpu:
-            if own != ray_interval_s:
-                self.GLOBAL_LIMITS_UPDATE_INTERVAL_S = ray_interval_s  # this execution's; the class keeps ours
-        elif getattr(self, "_global_limits_last_update_time", None) != before or before is None:  # it refreshed
+            self.GLOBAL_LIMITS_UPDATE_INTERVAL_S = ray_interval_s  # this execution's; the class keeps ours
+        elif self._global_limits_last_update_time != before:  # refreshed, and still no CPU
             self.GLOBAL_LIMITS_UPDATE_INTERVAL_S = min(ray_interval_s, 2 * self.GLOBAL_LIMITS_UPDATE_INTERVAL_S)
         return limits
 

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,16 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.local_head import free_port
 from tests.infra.common import INFRA
 
 STACK = INFRA / "local" / "stack.py"
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stack(*args: str, state: Path, timeout: float = 150) -> subprocess.CompletedProcess:
@@ -66,7 +60,7 @@ def _loopback_only(port: int) -> bool:
 @pytest.fixture
 def decoy():
     """A moto server of our own, started before the stack: `down` must leave it running."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     yield proc, f"http://127.0.0.1:{port}/moto-api/"
