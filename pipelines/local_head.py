@@ -47,16 +47,10 @@ def _ephemeral_start() -> int:
 
 
 def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
-    """A port free on this machine now, not in ``avoid``, from 20000 up to the band of worker ports
-    (and below the kernel's ephemeral range).
-
-    There the kernel never hands the port to an outgoing connection between this pick and the
-    server's bind, nor does another head give it to one of its workers. A kernel pick
-    (``bind(("127.0.0.1", 0))``) comes from the ephemeral range, and on a busy machine a
-    connection took one: a head's dashboard agent then failed to bind its metrics port
-    ("Address already in use"), its raylet exited, and the job submitted to it failed
-    (2026-12-02, a CI run). The kernel's pick remains where that range starts too low.
-    """
+    """A port free now, not in ``avoid``, from 20000 up to the worker band (below the kernel's
+    ephemeral range, so no outgoing connection takes it before the server binds it; a kernel
+    pick once did, and a head's dashboard agent failed to bind its metrics port). The kernel's
+    pick where that range starts too low."""
     import random
 
     high = min(_WORKER_BAND, _ephemeral_start())
