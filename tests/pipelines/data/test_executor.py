@@ -6,11 +6,11 @@ import pytest
 
 
 def test_the_executor_sees_the_cluster_and_ended_tasks_soon(monkeypatch):
-    """Resource limits refresh every 0.1 s (Ray's 1 s left one CPU idle for an execution's first
-    second), the scheduling loop turns every 0.05 s (Ray's 0.1 s left a CPU idle after each
-    task), a task's output metadata is fetched inline (Ray's fetch thread held a task's CPU
-    ~0.1 s after it ended) and a turn ends when any task has output; an environment variable
-    set to 0 keeps Ray's own value, and so does Ray's own variable for the fetch thread."""
+    """Resource limits refresh after 0.01 s (Ray's 1 s left one CPU idle for an execution's first
+    second), a task's output metadata is fetched inline (Ray's fetch thread held a task's CPU
+    ~0.1 s after it ended) and a turn ends when any task has output; the longest turn is Ray's
+    unless ``VIDRAY_RAY_DATA_TURN_S`` sets it; an environment variable set to 0 keeps Ray's own
+    value, and so does Ray's own variable for the fetch thread."""
     import ray
     from ray.data._internal.execution import metadata_fetcher, streaming_executor_state
     from ray.data._internal.execution.resource_manager import ResourceManager
@@ -22,13 +22,14 @@ def test_the_executor_sees_the_cluster_and_ended_tasks_soon(monkeypatch):
     monkeypatch.setattr(metadata_fetcher, "_PREFETCH_ON_THREAD", True)
     monkeypatch.delenv("RAY_DATA_METADATA_PREFETCH_ON_THREAD", raising=False)
     monkeypatch.setattr(streaming_executor_state, "ray", ray)
+    monkeypatch.delenv("VIDRAY_RAY_DATA_TURN_S", raising=False)
     monkeypatch.setenv("VIDRAY_RAY_DATA_LIMITS_REFRESH_S", "0")
     monkeypatch.setenv("VIDRAY_RAY_DATA_INLINE_METADATA", "0")
     monkeypatch.setenv("VIDRAY_RAY_DATA_WAKE_ON_ANY", "0")
-    assert executor.tune_executor() == {"WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": 0.05}
+    assert executor.tune_executor() == {}  # the turn is Ray's own unless VIDRAY_RAY_DATA_TURN_S says
     assert streaming_executor_state.ray is ray
     assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 1
-    assert streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == 0.05
+    assert streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == 0.1
     assert metadata_fetcher._PREFETCH_ON_THREAD is True
     assert isinstance(metadata_fetcher.make_metadata_fetcher(), metadata_fetcher.ThreadedMetadataFetcher)
 
