@@ -21,9 +21,9 @@ Data is imported, so :func:`tune_executor` sets them in this process:
   turn of the scheduling loop. Before :class:`WakeOnAny`, a turn waited this long for *all*
   running tasks, so an ended task was noticed up to one or two turns late, and 0.05 s was set
   here. With it a turn ends as soon as a task has output, and a shorter turn only adds idle
-  turns, each ~2.5 ms of the driver's CPU (two resource-budget updates: ~115
+  turns, each ~2.5 ms of the driver's CPU (two resource-budget updates: ~117
   ``ExecutionResources`` built per turn). 0.05 against 0.1 s, 8 alternated rounds of 720 clips
-  (2026-12-02 22:10, a slow host): 0.544 against 0.420 s of driver CPU per round, 16.84
+  (2026-12-02 21:51, a slow host): 0.544 against 0.420 s of driver CPU per round, 16.84
   against 16.65 CPU ms per clip, 115.8 against 116.2 clips/s. So :data:`TURN_S` is 0: Ray's
   own; ``VIDRAY_RAY_DATA_TURN_S`` still sets it.
 * ``metadata_fetcher._PREFETCH_ON_THREAD`` (Ray: on, ``RAY_DATA_METADATA_PREFETCH_ON_THREAD``).
