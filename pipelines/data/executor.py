@@ -1,8 +1,9 @@
 """Ray Data's executor, tuned for short decode tasks and executions that start often.
 
-Four settings of Ray Data 2.60's streaming executor leave decode CPUs idle. Three have no
-environment variable or ``DataContext`` field, and the other's variable is read when Ray
-Data is imported, so :func:`tune_executor` sets them in this process:
+Four settings of Ray Data 2.60's streaming executor decide how soon a decode CPU gets its next
+task; three of them, at Ray's values, leave it idle, and the fourth (the turn) is left at Ray's
+value by default. Three have no environment variable or ``DataContext`` field, and the other's
+variable is read when Ray Data is imported, so :func:`tune_executor` sets them in this process:
 
 * ``ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S`` (Ray: 1 s). An execution takes its
   resource limits from Ray Data's autoscaling coordinator, whose answer is asynchronous (the
