@@ -3,8 +3,9 @@
 Re-exported by :mod:`pipelines.data.augment` (import them from there). Each op is written
 as a few OpenCV calls on preallocated outputs instead of numpy float temporaries over the
 whole clip: per-frame ``cv2.resize`` into the output, one ``cv2.flip`` on the
-``(T*H, W, C)`` view, brightness and contrast as one per-frame lookup table (uint8 ->
-float32), saturation as a ``cv2.transform`` (a 3x3 matrix per frame), hue in float HSV,
+``(T*H, W, C)`` view; brightness, contrast and saturation as one 3x4 ``cv2.transform`` per
+frame after a cast where contrast cannot clip (``c <= 1``), else as a per-frame lookup table
+(uint8 -> float32) and a 3x3 ``cv2.transform``; hue in float HSV,
 luma grey with ``cvtColor`` and a per-frame float ``sepFilter2D`` with GaussianBlur's taps.
 The semantics are those of the numpy reference kept in ``bench/augment_reference.py``: crop,
 flip and blur give identical bytes; colour jitter computes in float32 and rounds once at the
@@ -19,7 +20,7 @@ Shape legend: ``T`` frames, ``H`` height, ``W`` width, ``C`` channels.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import cv2
 import numpy as np
@@ -85,38 +86,40 @@ def _grey_mean(frame_HWC: np.ndarray) -> float:
 
 
 def _bc_luts(frames_THWC: np.ndarray, b_T: np.ndarray, c_T: np.ndarray) -> np.ndarray:
-    """Brightness then contrast of each frame as a 256-entry float32 table, ``(T, 256)``.
+    """Brightness then contrast of each frame as a 256-entry float32 table, ``(T, 256)``; only the
+    frames with ``c > 1`` (contrast may clip) read theirs, the others take :meth:`_Jitter.affine`.
 
     Contrast blends with the mean grey of the *brightened* frame: for ``b <= 1`` nothing clips
-    and that mean is ``b`` times the frame's; otherwise it is the mean of the table looked up
-    through the frame.
+    and that mean is ``b`` times the frame's; otherwise it is ``b`` times the mean of
+    ``min(x, 255 / b)``.
     """
     lut_T256 = np.clip(_V256 * b_T.astype(np.float32)[:, None], 0, 255)
-    contrast = np.flatnonzero(c_T != 1).tolist()
-    if not contrast:
-        return lut_T256
-    m_T, b_list, tmp_HWC = np.zeros(len(b_T), np.float32), b_T.tolist(), None
-    for t in contrast:
-        if b_list[t] > 1:
+    m_T, tmp_HWC = np.zeros(len(b_T), np.float32), None
+    for t in np.flatnonzero(c_T > 1).tolist():
+        b = float(b_T[t])
+        if b > 1:
             tmp_HWC = np.empty(frames_THWC.shape[1:], np.float32) if tmp_HWC is None else tmp_HWC
-            m_T[t] = _grey_mean(cv2.LUT(frames_THWC[t], lut_T256[t], dst=tmp_HWC))
+            np.copyto(tmp_HWC, frames_THWC[t])
+            m_T[t] = b * _grey_mean(cv2.min(tmp_HWC, (255.0 / b,) * 4, dst=tmp_HWC))
         else:
-            m_T[t] = b_list[t] * _grey_mean(frames_THWC[t])
+            m_T[t] = b * _grey_mean(frames_THWC[t])
     c_T1, m_T1 = c_T.astype(np.float32)[:, None], m_T[:, None]
-    contrast_T256 = np.clip((lut_T256 - m_T1) * c_T1 + m_T1, 0, 255)
-    return np.where(c_T1 != 1, contrast_T256, lut_T256)  # c == 1 keeps the table bit for bit
+    return np.clip((lut_T256 - m_T1) * c_T1 + m_T1, 0, 255)
 
 
 def _saturation_matrices(s_T: np.ndarray) -> np.ndarray:
-    """``x -> (x - grey) * s + grey`` (``grey = LUMA . x``) as one 3x3 matrix per frame, ``(T, 3, 3)``."""
+    """``x -> (x - grey) * s + grey`` (``grey = LUMA . x``) as one 3x3 matrix per frame, ``(T, 3, 3)`` float64.
+
+    Each maps grey to itself (the luma weights sum to 1), so ``S (c y + (1 - c) m) = c S y + (1 - c) m``.
+    """
     s_T11 = s_T.astype(np.float64)[:, None, None]
     grey_33 = np.outer(np.ones(3), LUMA.astype(np.float64))
-    return (s_T11 * np.eye(3) + (1 - s_T11) * grey_33).astype(np.float32)
+    return s_T11 * np.eye(3) + (1 - s_T11) * grey_33
 
 
-def _runs(vals: list[float]) -> list[tuple[int, int, float]]:
+def _runs(vals: list[Any]) -> list[tuple[int, int, Any]]:
     """``(start, stop, value)`` of each run of equal values (one run for a clip-wise draw)."""
-    runs: list[tuple[int, int, float]] = []
+    runs: list[tuple[int, int, Any]] = []
     for i, v in enumerate(vals):
         if runs and runs[-1][2] == v:
             runs[-1] = (runs[-1][0], i + 1, v)
@@ -156,8 +159,11 @@ def apply_color_jitter(frames_THWC: np.ndarray, p: ColorJitterParams) -> np.ndar
         out_THWC = np.empty((T, H, W, C), frames_THWC.dtype)
     K = max(1, min(T, _CHUNK_PIXELS // (H * W)))
     x_KHWC = np.empty((K, H, W, C), np.float32)
-    job = _Jitter(frames_THWC, out_THWC, _bc_luts(frames_THWC, b_T, c_T), _saturation_matrices(s_T),
-                  s_T.tolist(), (360.0 * np.mod(h_T.astype(np.float64), 1.0)).tolist(),  # HSV2RGB wraps >= 360
+    sat_T33, c_list = _saturation_matrices(s_T), c_T.tolist()
+    job = _Jitter(frames_THWC, out_THWC, _bc_luts(frames_THWC, b_T, c_T) if max(c_list) > 1 else None,
+                  sat_T33.astype(np.float32), (b_T.astype(np.float64) * c_T)[:, None, None] * sat_T33,
+                  b_T.tolist(), c_list, list(zip(s_T.tolist(), [c > 1 for c in c_list])),
+                  (360.0 * np.mod(h_T.astype(np.float64), 1.0)).tolist(),  # HSV2RGB wraps >= 360
                   x_KHWC, np.empty_like(x_KHWC))
     for a, z in _chunks(on, K):
         job.chunk(a, z)
@@ -169,25 +175,47 @@ class _Jitter(NamedTuple):
 
     frames_THWC: np.ndarray
     out_THWC: np.ndarray
-    lut_T256: np.ndarray
+    lut_T256: np.ndarray | None
     sat_T33: np.ndarray
-    s_T: list[float]
+    bc_sat_T33: np.ndarray  # b * c * S per frame, float64
+    b_T: list[float]
+    c_T: list[float]
+    sat_T: list[tuple[float, bool]]  # (s, whether the frame took a table)
     shift_T: list[float]
     x_KHWC: np.ndarray
     hsv_KHWC: np.ndarray
+
+    def affine(self, t: int, x_HWC: np.ndarray) -> None:
+        """Frame ``t`` (``c <= 1``) through saturation in one 3x4 ``cv2.transform``.
+
+        Nothing clips between brightness and saturation here except brightness's own clip,
+        ``min(b x, 255) = b min(x, 255 / b)``: so ``S (c b x' + (1 - c) m) = (b c S) x' + (1 - c) m``
+        with ``x' = min(x, 255 / b)`` and ``m`` the brightened frame's mean grey.
+        """
+        np.copyto(x_HWC, self.frames_THWC[t])
+        b, c = self.b_T[t], self.c_T[t]
+        if b > 1:
+            cv2.min(x_HWC, (255.0 / b,) * 4, dst=x_HWC)
+        m_34 = np.empty((3, 4), np.float32)
+        m_34[:, :3] = self.bc_sat_T33[t]
+        m_34[:, 3] = (1 - c) * b * _grey_mean(x_HWC) if c != 1 else 0.0
+        cv2.transform(x_HWC, m_34, dst=x_HWC)
 
     def chunk(self, a: int, z: int) -> None:
         """Jitter frames ``a:z`` into ``out_THWC``."""
         n, (H, W, C) = z - a, self.frames_THWC.shape[1:]
         x_nHWC, hsv_nHWC = self.x_KHWC[:n], self.hsv_KHWC[:n]
         for i in range(n):
-            cv2.LUT(self.frames_THWC[a + i], self.lut_T256[a + i], dst=x_nHWC[i])
-        s_n = self.s_T[a:z]
-        for i, j, s in _runs(s_n):
-            if s != 1:
+            if self.c_T[a + i] > 1:  # contrast may clip: the exact table, saturation below
+                cv2.LUT(self.frames_THWC[a + i], self.lut_T256[a + i], dst=x_nHWC[i])
+            else:
+                self.affine(a + i, x_nHWC[i])
+        sat_n = self.sat_T[a:z]
+        for i, j, (s, table) in _runs(sat_n):
+            if table and s != 1:
                 view = x_nHWC[i:j].reshape(-1, W, C)
                 cv2.transform(view, self.sat_T33[a + i], dst=view)
-        if max(s_n) > 1:  # s <= 1 blends two values in [0, 255]: nothing to clip
+        if max(s for s, _ in sat_n) > 1:  # s <= 1 blends two values in [0, 255]: nothing to clip
             np.clip(x_nHWC, 0, 255, out=x_nHWC)
         flat, hsv = x_nHWC.reshape(n * H, W, C), hsv_nHWC.reshape(n * H, W, C)
         shift_n = self.shift_T[a:z]
