@@ -151,7 +151,7 @@ def apply_color_jitter(frames_THWC: np.ndarray, p: ColorJitterParams) -> np.ndar
     T, H, W, C = frames_THWC.shape
     b_T, c_T, s_T, h_T = p.brightness_T, p.contrast_T, p.saturation_T, p.hue_T
     on = np.flatnonzero((b_T != 1) | (c_T != 1) | (s_T != 1) | (h_T != 0)).tolist()
-    if len(on) < T:  # frames the draw left alone stay exact
+    if len(on) < T or not on:  # frames the draw left alone stay exact (and a clip of no frames)
         out_THWC = np.array(frames_THWC, order="C")
         if not on:
             return out_THWC
