@@ -85,6 +85,15 @@ def _grey_mean(frame_HWC: np.ndarray) -> float:
     return _L0 * r + _L1 * g + _L2 * b
 
 
+def _cast_brightened(frame_HWC: np.ndarray, b: float, x_HWC: np.ndarray) -> np.ndarray:
+    """The uint8 frame cast into float32 ``x_HWC`` and, for ``b > 1``, cut at ``255 / b``: ``b``
+    times it is the brightened frame, clip included (``min(b x, 255) = b min(x, 255 / b)``)."""
+    np.copyto(x_HWC, frame_HWC)
+    if b > 1:
+        cv2.min(x_HWC, (255.0 / b,) * 4, dst=x_HWC)
+    return x_HWC
+
+
 def _bc_luts(frames_THWC: np.ndarray, b_T: np.ndarray, c_T: np.ndarray) -> np.ndarray:
     """Brightness then contrast of each frame as a 256-entry float32 table, ``(T, 256)``; only the
     frames with ``c > 1`` (contrast may clip) read theirs, the others take :meth:`_Jitter.affine`.
@@ -99,8 +108,7 @@ def _bc_luts(frames_THWC: np.ndarray, b_T: np.ndarray, c_T: np.ndarray) -> np.nd
         b = float(b_T[t])
         if b > 1:
             tmp_HWC = np.empty(frames_THWC.shape[1:], np.float32) if tmp_HWC is None else tmp_HWC
-            np.copyto(tmp_HWC, frames_THWC[t])
-            m_T[t] = b * _grey_mean(cv2.min(tmp_HWC, (255.0 / b,) * 4, dst=tmp_HWC))
+            m_T[t] = b * _grey_mean(_cast_brightened(frames_THWC[t], b, tmp_HWC))
         else:
             m_T[t] = b * _grey_mean(frames_THWC[t])
     c_T1, m_T1 = c_T.astype(np.float32)[:, None], m_T[:, None]
@@ -162,7 +170,7 @@ def apply_color_jitter(frames_THWC: np.ndarray, p: ColorJitterParams) -> np.ndar
     sat_T33, c_list = _saturation_matrices(s_T), c_T.tolist()
     job = _Jitter(frames_THWC, out_THWC, _bc_luts(frames_THWC, b_T, c_T) if max(c_list) > 1 else None,
                   sat_T33.astype(np.float32), (b_T.astype(np.float64) * c_T)[:, None, None] * sat_T33,
-                  b_T.tolist(), c_list, list(zip(s_T.tolist(), [c > 1 for c in c_list])),
+                  b_T.tolist(), c_list, s_T.tolist(),
                   (360.0 * np.mod(h_T.astype(np.float64), 1.0)).tolist(),  # HSV2RGB wraps >= 360
                   x_KHWC, np.empty_like(x_KHWC))
     for a, z in _chunks(on, K):
@@ -180,7 +188,7 @@ class _Jitter(NamedTuple):
     bc_sat_T33: np.ndarray  # b * c * S per frame, float64
     b_T: list[float]
     c_T: list[float]
-    sat_T: list[tuple[float, bool]]  # (s, whether the frame took a table)
+    s_T: list[float]
     shift_T: list[float]
     x_KHWC: np.ndarray
     hsv_KHWC: np.ndarray
@@ -188,14 +196,12 @@ class _Jitter(NamedTuple):
     def affine(self, t: int, x_HWC: np.ndarray) -> None:
         """Frame ``t`` (``c <= 1``) through saturation in one 3x4 ``cv2.transform``.
 
-        Nothing clips between brightness and saturation here except brightness's own clip,
-        ``min(b x, 255) = b min(x, 255 / b)``: so ``S (c b x' + (1 - c) m) = (b c S) x' + (1 - c) m``
-        with ``x' = min(x, 255 / b)`` and ``m`` the brightened frame's mean grey.
+        Nothing clips between brightness and saturation here except brightness's own clip
+        (:func:`_cast_brightened`, ``x'``): so ``S (c b x' + (1 - c) m) = (b c S) x' + (1 - c) m``
+        with ``m`` the brightened frame's mean grey.
         """
-        np.copyto(x_HWC, self.frames_THWC[t])
         b, c = self.b_T[t], self.c_T[t]
-        if b > 1:
-            cv2.min(x_HWC, (255.0 / b,) * 4, dst=x_HWC)
+        _cast_brightened(self.frames_THWC[t], b, x_HWC)
         m_34 = np.empty((3, 4), np.float32)
         m_34[:, :3] = self.bc_sat_T33[t]
         m_34[:, 3] = (1 - c) * b * _grey_mean(x_HWC) if c != 1 else 0.0
@@ -210,12 +216,12 @@ class _Jitter(NamedTuple):
                 cv2.LUT(self.frames_THWC[a + i], self.lut_T256[a + i], dst=x_nHWC[i])
             else:
                 self.affine(a + i, x_nHWC[i])
-        sat_n = self.sat_T[a:z]
-        for i, j, (s, table) in _runs(sat_n):
-            if table and s != 1:
+        s_n = self.s_T[a:z]
+        for i, j, (s, table) in _runs(list(zip(s_n, [c > 1 for c in self.c_T[a:z]]))):
+            if table and s != 1:  # the affine frames had theirs in the matrix
                 view = x_nHWC[i:j].reshape(-1, W, C)
                 cv2.transform(view, self.sat_T33[a + i], dst=view)
-        if max(s for s, _ in sat_n) > 1:  # s <= 1 blends two values in [0, 255]: nothing to clip
+        if max(s_n) > 1:  # s <= 1 blends two values in [0, 255]: nothing to clip
             np.clip(x_nHWC, 0, 255, out=x_nHWC)
         flat, hsv = x_nHWC.reshape(n * H, W, C), hsv_nHWC.reshape(n * H, W, C)
         shift_n = self.shift_T[a:z]
