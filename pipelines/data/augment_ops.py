@@ -36,7 +36,8 @@ if TYPE_CHECKING:  # the dataclasses live in augment.py, which imports this modu
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as torchvision's rgb_to_grayscale
 _L0, _L1, _L2 = LUMA.tolist()
 _V256 = np.arange(256, dtype=np.float32)
-_CHUNK_PIXELS = 1 << 16  # jitter ~65,536 px at a time (4 frames of 112 px); 2x-8x larger chunks measured no faster
+_CHUNK_PIXELS = 1 << 16  # jitter ~65,536 px at a time (5 frames of 112 px); 2x-8x larger chunks measured no faster,
+# and 1-2 frame chunks about the same (bench/RESULTS.md)
 
 
 # --------------------------------------------------------------------------- geometry
