@@ -169,9 +169,10 @@ def apply_color_jitter(frames_THWC: np.ndarray, p: ColorJitterParams) -> np.ndar
     K = max(1, min(T, _CHUNK_PIXELS // (H * W)))
     x_KHWC = np.empty((K, H, W, C), np.float32)
     sat_T33, c_list = _saturation_matrices(s_T), c_T.tolist()
+    affine_T34 = np.zeros((T, 3, 4), np.float32)  # b c S | contrast's offset, set per frame
+    affine_T34[:, :, :3] = (b_T.astype(np.float64) * c_T)[:, None, None] * sat_T33
     job = _Jitter(frames_THWC, out_THWC, _bc_luts(frames_THWC, b_T, c_T) if max(c_list) > 1 else None,
-                  sat_T33.astype(np.float32), (b_T.astype(np.float64) * c_T)[:, None, None] * sat_T33,
-                  b_T.tolist(), c_list, s_T.tolist(),
+                  sat_T33.astype(np.float32), affine_T34, b_T.tolist(), c_list, s_T.tolist(),
                   (360.0 * np.mod(h_T.astype(np.float64), 1.0)).tolist(),  # HSV2RGB wraps >= 360
                   x_KHWC, np.empty_like(x_KHWC))
     for a, z in _chunks(on, K):
@@ -186,7 +187,7 @@ class _Jitter(NamedTuple):
     out_THWC: np.ndarray
     lut_T256: np.ndarray | None
     sat_T33: np.ndarray
-    bc_sat_T33: np.ndarray  # b * c * S per frame, float64
+    affine_T34: np.ndarray  # (b c S | offset) per frame; the offset column is filled by affine()
     b_T: list[float]
     c_T: list[float]
     s_T: list[float]
@@ -203,9 +204,9 @@ class _Jitter(NamedTuple):
         """
         b, c = self.b_T[t], self.c_T[t]
         _cast_brightened(self.frames_THWC[t], b, x_HWC)
-        m_34 = np.empty((3, 4), np.float32)
-        m_34[:, :3] = self.bc_sat_T33[t]
-        m_34[:, 3] = (1 - c) * b * _grey_mean(x_HWC) if c != 1 else 0.0
+        m_34 = self.affine_T34[t]
+        if c != 1:
+            m_34[:, 3] = (1 - c) * b * _grey_mean(x_HWC)
         cv2.transform(x_HWC, m_34, dst=x_HWC)
 
     def chunk(self, a: int, z: int) -> None:
